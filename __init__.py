@@ -1,0 +1,3 @@
+"""fedmq: cross-silo federated learning over MQTT."""
+
+__version__ = "0.1.0"
