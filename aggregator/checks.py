@@ -1,0 +1,40 @@
+"""What an update must satisfy before it may touch the global model."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UpdateRejected
+from ..schemas import StateDict
+
+
+def check_tensors(state: StateDict, reference: StateDict) -> None:
+    """Same tensor names, shapes and dtypes as the global model, and only finite values."""
+    missing = reference.keys() - state.keys()
+    extra = state.keys() - reference.keys()
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if extra:
+            parts.append(f"unexpected {_few(extra)}")
+        raise UpdateRejected(f"tensor names differ from the global model: {'; '.join(parts)}")
+    for name, ref in reference.items():
+        tensor = state[name]
+        if tensor.shape != ref.shape:
+            raise UpdateRejected(f"tensor {name!r} has shape {tuple(tensor.shape)}, the global model {tuple(ref.shape)}")
+        if tensor.dtype != ref.dtype:
+            raise UpdateRejected(f"tensor {name!r} has dtype {tensor.dtype}, the global model {ref.dtype}")
+    check_finite(state)
+
+
+def check_finite(state: StateDict) -> None:
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
+
+
+def _few(names: set[str], limit: int = 3) -> str:
+    shown = sorted(names)[:limit]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")

@@ -1,0 +1,33 @@
+"""The aggregator's settings, as parsed by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..broker.url import BrokerUrl
+from ..schemas import DEFAULT_CHUNK_SIZE, DEFAULT_CODEC, DEFAULT_MAX_PAYLOAD_BYTES
+from ..store import DEFAULT_DB
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    broker: BrokerUrl
+    job: str = "default"
+    db: str = DEFAULT_DB
+    task: str = "classification"
+    model: str = "cnn"
+    rounds: int = 3
+    min_clients: int = 1
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    seed: int = 0
+    out: Path = field(default_factory=lambda: Path("fedmq-out"))
+    init_weights: Path | None = None
+    strategy: str = "fedavg"
+    round_timeout: float = 1800.0
+    codec: str = DEFAULT_CODEC
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES

@@ -1,0 +1,446 @@
+"""The aggregator: a round state machine driven by messages and deadlines.
+
+One thread handles everything in order: messages from the inbox (presence, updates, results)
+and, between them, the deadlines. A round is opened, the global model sent, accepted updates
+folded into the strategy as they arrive; when every silo it waits for has answered (or the
+deadline passes with at least ``min_clients`` updates), the round is aggregated, checkpointed,
+and the new model sent with a test request. The silos evaluate it before they train on it, so
+the evaluation of round r overlaps the training of round r+1.
+
+The aggregator handles named tensors only; it never imports model code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..broker.connection import Connection, Refused
+from ..errors import ConfigError, ProtocolError, UpdateRejected
+from ..schemas import (
+    Envelope,
+    JobSpec,
+    ModelSync,
+    PayloadInfo,
+    Presence,
+    StateDict,
+    TestRequest,
+    TestResult,
+    Topics,
+    Update,
+    decode_state,
+    encode_state,
+    sha256_hex,
+)
+from ..schemas.catalog import check_model
+from ..schemas.messages import InitRequest
+from ..store import Store
+from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
+from .checks import check_finite, check_tensors
+from .config import AggregatorConfig
+from .strategy import Strategy, make_strategy
+
+log = logging.getLogger("fedmq.aggregator")
+
+TICK_S = 0.5
+INIT_TIMEOUT_S = 300.0
+WAITING_LOG_EVERY_S = 30.0
+
+
+@dataclass
+class GlobalModel:
+    """One version of the global model, encoded once and sent as often as needed."""
+
+    version: int
+    state: StateDict
+    payload: bytes
+    digest: str
+
+    @classmethod
+    def of(cls, version: int, state: StateDict, codec: str) -> GlobalModel:
+        payload = encode_state(state, codec)
+        return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload))
+
+
+@dataclass
+class OpenRound:
+    number: int
+    round_id: int
+    deadline: float
+    waiting: set[str]
+    contributors: set[str] = field(default_factory=set)
+    num_samples: int = 0
+    loss_sum: float = 0.0
+    loss_samples: int = 0
+
+
+@dataclass
+class PendingEvaluation:
+    number: int
+    round_id: int
+    digest: str
+    deadline: float
+    waiting: set[str]
+    results: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
+    train_loss: float | None = None
+
+
+@dataclass
+class SiloState:
+    online: bool
+    task: str | None = None
+    labels: list[str] | None = None
+
+
+class Federation:
+    def __init__(self, config: AggregatorConfig, store: Store, connection: Connection | None = None) -> None:
+        check_model(config.task, config.model)
+        self.cfg = config
+        self.store = store
+        self.topics = Topics(config.job)
+        self.run_id = uuid.uuid4().hex
+        self.conn = connection or Connection(
+            config.broker, name=f"fedmq-aggregator-{config.job}",
+            subscriptions=self.topics.aggregator_subscriptions(), max_message_bytes=config.max_update_bytes,
+        )
+        self.strategy: Strategy = make_strategy(config.strategy)
+        self.silos: dict[str, SiloState] = {}
+        self.spec: JobSpec | None = None
+        self.job_id = 0
+        self.global_model: GlobalModel | None = None
+        self.next_round = 1
+        self.round: OpenRound | None = None
+        self.evaluations: dict[int, PendingEvaluation] = {}
+        self.init_silo: str | None = None
+        self.init_deadline = 0.0
+        self.finishing = False
+        self.announced_round = 0  # the last round whose model went out on the broadcast topic
+        self._last_wait_log = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the job to its end. Returns the process exit code."""
+        self._load_or_create_job()
+        self.conn.connect()
+        self.conn.set_retained(self.topics.init, self.spec)
+        log.info("job %r published on %s; waiting for %d silo(s) on %s",
+                 self.cfg.job, self.topics.init, self.cfg.min_clients, self.cfg.broker)
+        try:
+            while not (self.finishing and not self.evaluations):
+                self._tick(time.monotonic())
+                incoming = self.conn.receive(timeout=TICK_S)
+                if incoming is not None:
+                    self._dispatch(incoming)
+            self._set_status("finished")
+            log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
+                     checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
+            return 0
+        finally:
+            self.conn.close()
+
+    def _tick(self, now: float) -> None:
+        if self.spec.status == "waiting":
+            self._maybe_start()
+        if self.spec.status != "running":
+            return
+        if self.global_model is None:
+            self._maybe_request_init(now)
+        elif self.round is None and not self.finishing:
+            self._open_round(now)
+        elif self.round is not None:
+            self._maybe_close_round(now)
+        for pending in list(self.evaluations.values()):
+            self._maybe_complete_evaluation(pending, now)
+
+    def _dispatch(self, incoming: Envelope | Refused) -> None:
+        silo = self.topics.silo_of(incoming.topic)
+        if isinstance(incoming, Refused):
+            log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
+            if silo and incoming.topic == self.topics.update(silo):
+                self._reject(silo, incoming.reason)
+            return
+        header = incoming.header
+        if silo is None or getattr(header, "silo", None) != silo:
+            log.warning("ignored a %r message on %s: the topic does not name its sender", header.type, incoming.topic)
+            if silo and isinstance(header, Update):
+                self._reject(silo, "published on another silo's topic")
+            return
+        if header.job != self.cfg.job:
+            log.warning("ignored a message for job %r on %s", header.job, incoming.topic)
+            return
+        try:
+            if isinstance(header, Presence):
+                self._on_presence(header)
+            elif isinstance(header, Update):
+                self._on_update(header, incoming.payload)
+            elif isinstance(header, TestResult):
+                self._on_result(header)
+        except UpdateRejected as exc:
+            self._reject(silo, exc.message, header if isinstance(header, Update) else None, len(incoming.payload))
+        except ProtocolError as exc:
+            log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
+
+    # -- job and silos ----------------------------------------------------------------------------
+    def _load_or_create_job(self) -> None:
+        job = self.store.find_job(self.cfg.job)
+        if job is None:
+            self.spec = self._new_spec()
+            self.job_id = self.store.create_job(self.cfg.job, self.run_id, self.spec.model_dump()).id
+            return
+        stored = JobSpec.model_validate(job.spec)
+        if (stored.task, stored.model) != (self.cfg.task, self.cfg.model):
+            raise ConfigError(
+                f"job {self.cfg.job!r} in the store is a {stored.task} job with model {stored.model}",
+                hint="use the same --task and --model to resume it, or another --job name",
+            )
+        last = self.store.last_completed_round(job.id)
+        done = last.number if last else 0
+        if done >= self.cfg.rounds:
+            raise ConfigError(f"job {self.cfg.job!r} already completed {done} round(s)",
+                              hint=f"pass --rounds above {done} to train further, or use another --job name")
+        self.job_id = job.id
+        self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds,
+                                              "status": "running" if stored.labels else "waiting"})
+        path = checkpoint_path(self.cfg.out, self.cfg.job, done)
+        if path.exists():
+            self.global_model = GlobalModel.of(done, load_checkpoint(path), self.spec.codec)
+            self.next_round = done + 1
+        log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
+                 f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
+        self.store.update_job(self.job_id, self.spec.model_dump())
+
+    def _new_spec(self) -> JobSpec:
+        c = self.cfg
+        return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
+                       min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+                       momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
+                       max_update_bytes=c.max_update_bytes)
+
+    def _set_status(self, status: str, **changes: Any) -> None:
+        self.spec = self.spec.model_copy(update={"status": status, **changes})
+        self.conn.set_retained(self.topics.init, self.spec)
+        self.store.update_job(self.job_id, self.spec.model_dump())
+
+    def _eligible(self) -> set[str]:
+        """Online silos whose data matches the job's task."""
+        return {name for name, s in self.silos.items() if s.online and s.task == self.spec.task}
+
+    def _on_presence(self, presence: Presence) -> None:
+        before = self.silos.get(presence.silo)
+        self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels)
+        self.store.set_silo(self.job_id, presence.silo, presence.online)
+        if not presence.online:
+            if before and before.online:
+                log.info("silo %s went offline", presence.silo)
+            self._stop_waiting_for(presence.silo)
+            return
+        if presence.task != self.spec.task:
+            log.warning("silo %s holds %s data but the job is %s; it is not counted",
+                        presence.silo, presence.task, self.spec.task)
+            return
+        came_back = not (before and before.online)
+        if came_back:
+            log.info("silo %s is online (%d eligible)", presence.silo, len(self._eligible()))
+        if came_back and self.round is not None and presence.silo not in self.round.contributors:
+            # A late joiner or a silo that came back: send it the model of the open round directly.
+            self.round.waiting.add(presence.silo)
+            self._send_model(self.topics.model_for(presence.silo), self.round.number)
+
+    def _stop_waiting_for(self, silo: str) -> None:
+        if self.round is not None:
+            self.round.waiting.discard(silo)
+        for pending in self.evaluations.values():
+            pending.waiting.discard(silo)
+        if silo == self.init_silo:
+            self.init_deadline = 0.0
+
+    def _maybe_start(self) -> None:
+        eligible = self._eligible()
+        if len(eligible) < self.spec.min_clients:
+            return
+        labels = sorted(set().union(*(self.silos[s].labels or [] for s in eligible)))
+        if len(labels) < 2 and self.spec.task == "classification":
+            raise ConfigError(f"the silos' data has {len(labels)} class(es); classification needs at least 2",
+                              hint="check the silos' train/<class>/ folders")
+        if not labels:
+            raise ConfigError("the silos' data names no categories", hint="check the silos' annotations.json files")
+        log.info("%d silo(s) present (%s); %d labels; starting", len(eligible), ", ".join(sorted(eligible)), len(labels))
+        self._set_status("running", labels=labels)
+
+    # -- the initial model --------------------------------------------------------------------------
+    def _maybe_request_init(self, now: float) -> None:
+        if self.cfg.init_weights is not None:
+            state = load_weights_file(self.cfg.init_weights)
+            check_finite(state)
+            self._set_initial(state, f"from {self.cfg.init_weights}")
+            return
+        if self.init_silo is not None and now < self.init_deadline:
+            return
+        candidates = sorted(self._eligible())
+        if not candidates:
+            return
+        self.init_silo = candidates[0]
+        self.init_deadline = now + INIT_TIMEOUT_S
+        log.info("asking silo %s for the initial weights of %s (seed %d)", self.init_silo, self.spec.model, self.spec.seed)
+        self.conn.publish(self.topics.init_request, InitRequest(job=self.cfg.job, run_id=self.run_id, silo=self.init_silo))
+
+    def _set_initial(self, state: StateDict, source: str) -> None:
+        self.global_model = GlobalModel.of(0, state, self.spec.codec)
+        save_checkpoint(state, checkpoint_path(self.cfg.out, self.cfg.job, 0))
+        log.info("initial model %s: %d tensors, %.1f MB on the wire", source, len(state), len(self.global_model.payload) / 1e6)
+
+    def _on_init_update(self, update: Update, payload: bytes) -> None:
+        if self.global_model is not None or update.silo != self.init_silo:
+            raise UpdateRejected("initial weights that were not asked for")
+        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
+        check_finite(state)
+        self._set_initial(state, f"built by silo {update.silo}")
+
+    # -- rounds -------------------------------------------------------------------------------------
+    def _open_round(self, now: float) -> None:
+        number = self.next_round
+        round_id = self.store.open_round(self.job_id, number)
+        self.round = OpenRound(number=number, round_id=round_id, deadline=now + self.cfg.round_timeout,
+                               waiting=self._eligible())
+        self.strategy.begin(self.global_model.state)
+        log.info("round %d/%d open: model v%d sent to %d silo(s)", number, self.spec.rounds,
+                 self.global_model.version, len(self.round.waiting))
+        if self.announced_round != number:  # otherwise it went out with the previous round's test request
+            self._send_model(self.topics.model, number)
+
+    def _send_model(self, topic: str, train_round: int | None) -> None:
+        model = self.global_model
+        header = ModelSync(job=self.cfg.job, run_id=self.run_id, version=model.version, train_round=train_round,
+                           payload=PayloadInfo(codec=self.spec.codec, size=len(model.payload), sha256=model.digest))
+        self.conn.publish(topic, header, model.payload, chunk_size=self.spec.chunk_size)
+        if topic == self.topics.model and train_round is not None:
+            self.announced_round = train_round
+
+    def _on_update(self, update: Update, payload: bytes) -> None:
+        if update.run_id != self.run_id:
+            raise UpdateRejected(f"update from another run of the job ({update.run_id[:8]})")
+        if update.round == 0:
+            self._on_init_update(update, payload)
+            return
+        current = self.round
+        if current is None or update.round != current.number:
+            open_now = f"round {current.number} is open" if current else "no round is open"
+            raise UpdateRejected(f"update for round {update.round} but {open_now}")
+        if update.silo in current.contributors:
+            raise UpdateRejected(f"duplicate update from {update.silo} for round {update.round}")
+        if update.base_digest != self.global_model.digest:
+            raise UpdateRejected("trained from a model that is not this round's global model")
+        if update.num_samples == 0:
+            raise UpdateRejected("update trained on no samples")
+        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
+        check_tensors(state, self.global_model.state)
+        self.strategy.add(state, float(update.num_samples))
+        current.contributors.add(update.silo)
+        current.waiting.discard(update.silo)
+        current.num_samples += update.num_samples
+        if update.train_loss is not None:
+            current.loss_sum += update.train_loss * update.num_samples
+            current.loss_samples += update.num_samples
+        self.store.record_update(self.job_id, current.round_id, update.silo, accepted=True, claimed_round=update.round,
+                                 num_samples=update.num_samples, train_loss=update.train_loss,
+                                 train_seconds=update.train_seconds, size=len(payload))
+        log.info("round %d: update from %s (%d samples, loss %s) [%d in, waiting for %s]", current.number, update.silo,
+                 update.num_samples, _fmt(update.train_loss), len(current.contributors),
+                 ", ".join(sorted(current.waiting)) or "nobody")
+
+    def _reject(self, silo: str, reason: str, update: Update | None = None, size: int = 0) -> None:
+        log.warning("rejected an update from %s: %s", silo, reason)
+        self.store.record_update(
+            self.job_id, self.round.round_id if self.round else None, silo, accepted=False, reason=reason,
+            claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
+        )
+
+    def _maybe_close_round(self, now: float) -> None:
+        current = self.round
+        if current.waiting and now < current.deadline:
+            return
+        if len(current.contributors) >= self.spec.min_clients:
+            self._aggregate(current, now)
+            return
+        if now - self._last_wait_log >= WAITING_LOG_EVERY_S:
+            self._last_wait_log = now
+            log.info("round %d has %d update(s) of the %d needed; waiting for %s", current.number,
+                     len(current.contributors), self.spec.min_clients,
+                     ", ".join(sorted(current.waiting)) or "more silos to come online")
+        if now >= current.deadline:
+            current.deadline = now + self.cfg.round_timeout
+
+    def _aggregate(self, current: OpenRound, now: float) -> None:
+        self.global_model = GlobalModel.of(current.number, self.strategy.result(), self.spec.codec)
+        path = save_checkpoint(self.global_model.state, checkpoint_path(self.cfg.out, self.cfg.job, current.number))
+        self.store.mark_aggregated(current.round_id, current.num_samples, self.global_model.digest, str(path))
+        log.info("round %d aggregated from %d silo(s), %d samples", current.number, len(current.contributors),
+                 current.num_samples)
+        self.round = None
+        self.next_round = current.number + 1
+        last = current.number >= self.spec.rounds
+        self.evaluations[current.number] = PendingEvaluation(
+            number=current.number, round_id=current.round_id, digest=self.global_model.digest,
+            deadline=now + self.cfg.round_timeout, waiting=self._eligible(),
+            train_loss=current.loss_sum / current.loss_samples if current.loss_samples else None,
+        )
+        # The test request goes first: a silo evaluates the new model before it trains on it.
+        self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=current.number,
+                                                        model_digest=self.global_model.digest))
+        self._send_model(self.topics.model, None if last else current.number + 1)
+        if last:
+            self.finishing = True
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def _on_result(self, result: TestResult) -> None:
+        pending = self.evaluations.get(result.round)
+        if result.run_id != self.run_id or pending is None or result.model_digest != pending.digest:
+            raise ProtocolError(f"test result for round {result.round} that is not awaited")
+        if result.silo in pending.results:
+            raise ProtocolError(f"duplicate test result for round {result.round}")
+        pending.results[result.silo] = (result.num_samples, dict(result.metrics))
+        pending.waiting.discard(result.silo)
+        self.store.record_evaluation(pending.round_id, result.silo, result.num_samples, dict(result.metrics))
+
+    def _maybe_complete_evaluation(self, pending: PendingEvaluation, now: float) -> None:
+        if pending.waiting and now < pending.deadline:
+            return
+        metrics = weighted_metrics(pending.results.values())
+        if pending.train_loss is not None:
+            metrics["train_loss"] = pending.train_loss
+        self.store.complete_round(pending.round_id, metrics)
+        del self.evaluations[pending.number]
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        log.info("round %d completed: %s (evaluated by %d silo(s))", pending.number, shown or "no metrics",
+                 len(pending.results))
+
+
+def weighted_metrics(results: Any) -> dict[str, float]:
+    """Sample-weighted mean of each metric over the silos that reported it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    total = 0
+    for num_samples, metrics in results:
+        total += num_samples
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value * num_samples
+            weights[key] = weights.get(key, 0) + num_samples
+    out = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+    if total:
+        out["eval_samples"] = float(total)
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run_aggregator(config: AggregatorConfig) -> int:
+    store = Store(config.db)
+    try:
+        return Federation(config, store).run()
+    finally:
+        store.close()

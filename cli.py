@@ -1,0 +1,256 @@
+"""``fedmq``: the command line. Parses options and delegates; no logic of its own.
+
+Every error a user can cause is a ``FedmqError``: it is printed as one line with a hint on the
+next, and the process exits non-zero (2 for bad options or data, 1 otherwise), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ConfigError, FedmqError
+from .schemas import DEFAULT_CHUNK_SIZE, check_name
+from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
+
+log = logging.getLogger("fedmq")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class FedmqGroup(click.Group):
+    """Turns a FedmqError anywhere below into a clear message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FedmqError as exc:
+            click.secho(f"error: {exc.message}", err=True, fg="red")
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(2 if isinstance(exc, ConfigError) else 1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _broker_option(f: Any) -> Any:
+    from .broker.url import BROKER_ENV, DEFAULT_BROKER
+
+    return click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
+                        help=f"MQTT broker URL, mqtt://[user:password@]host:port (or ${BROKER_ENV}).")(f)
+
+
+def _job_option(f: Any) -> Any:
+    return click.option("--job", default="default", show_default=True, callback=_check_job,
+                        help="Job name: the topic prefix fedmq/<job>/ and the key in the store.")(f)
+
+
+def _db_option(f: Any) -> Any:
+    from .store import DEFAULT_DB
+
+    return click.option("--db", default=DEFAULT_DB, show_default=True, envvar="FEDMQ_DB",
+                        help="SQLAlchemy database URL (or $FEDMQ_DB).")(f)
+
+
+def _check_job(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else check_name("job", value)
+
+
+@click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="fedmq")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """Cross-silo federated learning over MQTT: one aggregator, many silos, only a broker between them."""
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+# -- broker ----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--embedded", is_flag=True, help="Use the embedded Python broker (amqtt) even when Mosquitto is installed.")
+def broker(host: str, port: int, embedded: bool) -> None:
+    """Run an MQTT broker in the foreground: Mosquitto when installed, else an embedded one."""
+    from .broker.server import run_broker
+
+    sys.exit(run_broker(host, port, embedded=embedded))
+
+
+# -- aggregator ------------------------------------------------------------------------------------
+@cli.command()
+@_broker_option
+@_job_option
+@_db_option
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Rounds to train.")
+@click.option("--min-clients", default=1, show_default=True, type=click.IntRange(1),
+              help="Silos needed to start, and updates needed to aggregate a round.")
+@click.option("--task", default="classification", show_default=True, type=click.Choice(TASKS))
+@click.option("--model", default=None, help=f"Model; default per task: {DEFAULT_MODEL}. "
+              + "; ".join(f"{t}: {', '.join(m)}" for t, m in MODELS.items()))
+@click.option("--local-epochs", default=1, show_default=True, type=click.IntRange(0),
+              help="Epochs each silo trains per round; 0: silos send back the weights they got.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, 100, min_open=True))
+@click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial model and the silos' shuffling.")
+@click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False),
+              help="Initial weights (.safetensors, or a torch state dict loaded weights-only); "
+                   "default: the first silo builds them from --model and --seed.")
+@click.option("--out", default=Path("fedmq-out"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the per-round checkpoints (OUT/<job>/round-NNNN.safetensors).")
+@click.option("--round-timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds a round waits for its silos before aggregating what arrived (at least --min-clients).")
+@click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
+              help="Largest MQTT message in bytes; models are sent in chunks of this size.")
+def aggregator(broker: str, job: str, db: str, rounds: int, min_clients: int, task: str, model: str | None,
+               local_epochs: int, batch_size: int, lr: float, momentum: float, seed: int, init_weights: Path | None,
+               out: Path, round_timeout: float, chunk_size: int) -> None:
+    """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
+    from .aggregator.config import AggregatorConfig
+    from .aggregator.federation import run_aggregator
+    from .broker.url import parse_broker_url
+
+    model = check_model(task, model or DEFAULT_MODEL[task])
+    if task == "detection" and batch_size == 32:
+        batch_size = 4  # detection images are large: a classification-sized default batch would not fit
+    config = AggregatorConfig(
+        broker=parse_broker_url(broker), job=job, db=db, task=task, model=model, rounds=rounds,
+        min_clients=min_clients, local_epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        seed=seed, out=out, init_weights=init_weights, round_timeout=round_timeout, chunk_size=chunk_size,
+    )
+    sys.exit(run_aggregator(config))
+
+
+# -- client ----------------------------------------------------------------------------------------
+@cli.command()
+@_broker_option
+@_job_option
+@click.option("--silo", required=True, help="This silo's name (letters, digits, '.', '_', '-').")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="The silo's data folder: DIR/train/<class>/* (classification) or DIR/train/annotations.json (detection).")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
+def client(broker: str, job: str, silo: str, data: Path, work_dir: Path | None) -> None:
+    """Run a silo: join the job, train on local data each round, answer test requests."""
+    from .broker.url import parse_broker_url
+    from .edge_client.silo import ClientConfig, SiloClient
+
+    config = ClientConfig(broker=parse_broker_url(broker), silo=check_name("silo", silo), data=data, job=job,
+                          work_dir=work_dir)
+    sys.exit(SiloClient(config).run())
+
+
+# -- history ---------------------------------------------------------------------------------------
+@cli.command()
+@_db_option
+@click.option("--job", default=None, callback=_check_job, help="The job whose rounds to show; default: list the jobs "
+              "(or the only job's rounds when there is one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array with one object per round.")
+def history(db: str, job: str | None, as_json: bool) -> None:
+    """Show the rounds of a job as recorded in the store."""
+    from .history import print_history
+
+    print_history(db, job, as_json)
+
+
+# -- data ------------------------------------------------------------------------------------------
+@cli.group()
+def data() -> None:
+    """Make or split silo data sets."""
+
+
+@data.command("synth")
+@click.option("--task", default="classification", show_default=True, type=click.Choice(TASKS))
+@click.option("--silos", required=True, type=click.IntRange(1, 10_000))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--images-per-silo", default=None, type=click.IntRange(2),
+              help="Images per silo, train and test together (default 200 classification, 24 detection).")
+@click.option("--image-size", default=None, type=click.IntRange(16, 4096),
+              help="Image side in pixels (default 32 classification, 128 detection).")
+def data_synth(task: str, silos: int, out: Path, seed: int, images_per_silo: int | None, image_size: int | None) -> None:
+    """Write a small learnable synthetic data set as OUT/0 … OUT/N-1."""
+    from .edge_client.data.split_folder import check_empty_out
+
+    check_empty_out(out)
+    if task == "classification":
+        from .edge_client.data.synth_classification import synth_classification
+
+        total = images_per_silo or 200
+        test = max(1, total // 5)
+        synth_classification(out, silos, seed=seed, train_per_silo=total - test, test_per_silo=test,
+                             image_size=image_size or 32)
+    else:
+        from .edge_client.data.coco import synth_detection
+
+        synth_detection(out, silos, images_per_silo=images_per_silo or 24, image_size=image_size or 128, seed=seed)
+    click.echo(f"wrote {silos} {task} silo folder(s) under {out}")
+
+
+@data.command("split-folder")
+@click.option("--src", required=True, type=click.Path(path_type=Path), help="An image-folder data set.")
+@click.option("--silos", required=True, type=click.IntRange(1, 10_000))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--alpha", default=None, type=click.FloatRange(0, min_open=True),
+              help="Dirichlet concentration for a non-IID split by label (small: skewed); default IID.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Share held out for test when SRC has no train/ and test/ folders.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--copy", is_flag=True, help="Copy the images instead of symlinking them.")
+def data_split_folder(src: Path, silos: int, out: Path, alpha: float | None, test_fraction: float, seed: int,
+                      copy: bool) -> None:
+    """Split an image-folder data set into silo folders OUT/0 … OUT/N-1."""
+    from .edge_client.data.split_folder import split_folder
+
+    split_folder(src, silos, out, alpha=alpha, seed=seed, test_fraction=test_fraction, copy=copy)
+    click.echo(f"wrote {silos} silo folder(s) under {out}")
+
+
+@data.command("split-coco")
+@click.option("--annotations", required=True, type=click.Path(path_type=Path), help="A COCO instances JSON file.")
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="The folder of its images.")
+@click.option("--silos", required=True, type=click.IntRange(1, 10_000))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--alpha", default=None, type=click.FloatRange(0, min_open=True),
+              help="Dirichlet concentration over each image's dominant category; default IID.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--copy", is_flag=True, help="Copy the images instead of symlinking them.")
+def data_split_coco(annotations: Path, images: Path, silos: int, out: Path, test_fraction: float,
+                    alpha: float | None, seed: int, copy: bool) -> None:
+    """Split one COCO annotation file and its images into detection silo folders OUT/0 … OUT/N-1."""
+    from .edge_client.data.coco import split_coco
+
+    split_coco(annotations, images, silos, out, test_fraction=test_fraction, alpha=alpha, seed=seed,
+               mode="copy" if copy else "symlink")
+    click.echo(f"wrote {silos} silo folder(s) under {out}")
+
+
+# -- demo ------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--task", default="classification", show_default=True, type=click.Choice(TASKS))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--silos", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
+              help="Keep data, logs, store and checkpoints here (default: a new temporary folder).")
+def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
+    """Run a whole federation on this machine: a broker, an aggregator and silos on synthetic data."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir))
+
+
+def main() -> None:
+    cli(prog_name="fedmq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The detection task: COCO-format silo folders, torchvision Faster R-CNN, COCO mAP with pycocotools."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import DataError
+from ..schemas import JobSpec
+from .coco_metrics import coco_bbox_metrics, predictions_to_detections
+from .data.coco import CocoDetectionDataset, collate_detection, detection_labels
+from .models import build_model
+from .task import StepLogger, TrainResult
+
+EVAL_BATCH = 4
+WEIGHT_DECAY = 1e-4
+
+
+class DetectionTask:
+    name = "detection"
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.labels = detection_labels(data)
+        if not self.labels:
+            raise DataError(f"{data} names no categories in its annotations.json files",
+                            hint="each split's annotations.json needs a COCO 'categories' list")
+        self.train_set: CocoDetectionDataset | None = None
+        self.test_set: CocoDetectionDataset | None = None
+
+    def prepare(self, spec: JobSpec) -> None:
+        self.train_set = CocoDetectionDataset(self.data / "train", spec.labels)
+        test_dir = self.data / "test"
+        self.test_set = CocoDetectionDataset(test_dir, spec.labels) if (test_dir / "annotations.json").exists() else None
+        if len(self.train_set) == 0:
+            raise DataError(f"{self.data}/train/annotations.json lists no images", hint="add training images")
+        self._shuffle = torch.Generator().manual_seed(spec.seed)
+
+    def build_model(self, spec: JobSpec) -> nn.Module:
+        return build_model(spec.task, spec.model, len(spec.labels), spec.seed)
+
+    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
+        started = time.perf_counter()
+        n = len(self.train_set)
+        if spec.local_epochs == 0:
+            return TrainResult(num_samples=n, loss=None, seconds=0.0)
+        loader = DataLoader(self.train_set, batch_size=spec.batch_size, shuffle=True, generator=self._shuffle,
+                            collate_fn=collate_detection)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimiser = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=WEIGHT_DECAY)
+        model.train()
+        total, steps = 0.0, 0
+        for epoch in range(1, spec.local_epochs + 1):
+            for step, (images, targets) in enumerate(loader, start=1):
+                parts = model(list(images), list(targets))
+                loss = sum(parts.values())
+                if not torch.isfinite(loss):
+                    raise DataError(f"training diverged at epoch {epoch} step {step} (loss {loss.item()})",
+                                    hint="lower the job's --lr")
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total += loss.item()
+                steps += 1
+                log_step(epoch, step, {"total_loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        return TrainResult(num_samples=n, loss=total / max(steps, 1), seconds=time.perf_counter() - started)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[int, dict[str, float]]:
+        if not self.test_set:
+            return 0, {}
+        model.eval()
+        detections: list[dict] = []
+        for images, targets in DataLoader(self.test_set, batch_size=EVAL_BATCH, collate_fn=collate_detection):
+            for target, output in zip(targets, model(list(images))):
+                detections.extend(predictions_to_detections(int(target["image_id"]), output))
+        metrics = coco_bbox_metrics(self.test_set.coco_ground_truth(), detections)
+        return len(self.test_set), metrics

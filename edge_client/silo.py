@@ -1,0 +1,203 @@
+"""The silo process: learn the job, build or receive the model, train, send updates, evaluate.
+
+It knows models and data, not rounds' bookkeeping: it answers what the aggregator asks (initial
+weights, a round's training, a test) and leaves deciding what counts to the aggregator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from ..broker.connection import Connection, Refused
+from ..broker.url import BrokerUrl
+from ..errors import DataError, ProtocolError
+from ..schemas import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Envelope,
+    JobSpec,
+    ModelSync,
+    PayloadInfo,
+    Presence,
+    StateDict,
+    TestRequest,
+    TestResult,
+    Topics,
+    Update,
+    decode_state,
+    encode_state,
+    sha256_hex,
+)
+from ..schemas.messages import InitRequest
+from .task import Task, open_task
+
+log = logging.getLogger("fedmq.client")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    broker: BrokerUrl
+    silo: str
+    data: Path
+    job: str = "default"
+    work_dir: Path | None = None
+    max_model_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+@dataclass
+class RunState:
+    """What the silo holds for one run of the job; a new run (restarted aggregator) starts afresh."""
+
+    spec: JobSpec
+    model: nn.Module | None = None
+    models: dict[str, tuple[int, StateDict]] = field(default_factory=dict)  # digest -> (version, weights)
+    pending_tests: dict[str, int] = field(default_factory=dict)  # digest -> round
+    trained_round: int = 0
+
+
+class SiloClient:
+    def __init__(self, config: ClientConfig, connection: Connection | None = None) -> None:
+        self.cfg = config
+        self.topics = Topics(config.job)
+        self.task: Task = open_task(config.data)
+        self.work_dir = config.work_dir or Path(".fedmq") / config.job / config.silo
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.loss_log = self.work_dir / "loss.log"
+        offline = Presence(job=config.job, silo=config.silo, online=False)
+        self.conn = connection or Connection(
+            config.broker, name=f"fedmq-silo-{config.silo}", subscriptions=self.topics.silo_subscriptions(config.silo),
+            max_message_bytes=config.max_model_bytes, will=(self.topics.presence(config.silo), offline),
+        )
+        self.run_state: RunState | None = None
+        self.joined: set[str] = set()  # run ids this silo took part in
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve the job until it finishes. Returns the process exit code."""
+        self.conn.connect()
+        presence = self.topics.presence(self.cfg.silo)
+        self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=True,
+                                                  task=self.task.name, labels=self.task.labels))
+        log.info("silo %s online on %s: %s data, %d label(s); waiting for job %r", self.cfg.silo, self.cfg.broker,
+                 self.task.name, len(self.task.labels), self.cfg.job)
+        try:
+            while True:
+                incoming = self.conn.receive(timeout=1.0)
+                if isinstance(incoming, Refused):
+                    log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
+                elif incoming is not None and self._handle(incoming):
+                    return 0
+        finally:
+            self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False))
+            self.conn.close()
+
+    def _handle(self, envelope: Envelope) -> bool:
+        """Handle one message; True when the job this silo took part in has finished."""
+        header = envelope.header
+        if isinstance(header, JobSpec):
+            return self._on_job(header)
+        state = self.run_state
+        if state is None or getattr(header, "run_id", None) != state.spec.run_id or state.spec.status != "running":
+            log.debug("ignored a %r message of another run", header.type)
+            return False
+        try:
+            if isinstance(header, InitRequest) and header.silo == self.cfg.silo:
+                self._send_initial(state)
+            elif isinstance(header, ModelSync):
+                self._on_model(state, header, envelope.payload)
+            elif isinstance(header, TestRequest):
+                state.pending_tests[header.model_digest] = header.round
+                self._run_pending_tests(state)
+        except ProtocolError as exc:
+            log.warning("refused a %r message: %s", header.type, exc.message)
+        return False
+
+    # -- job --------------------------------------------------------------------------------------
+    def _on_job(self, spec: JobSpec) -> bool:
+        if spec.status in ("finished", "failed"):
+            if spec.run_id in self.joined:
+                log.info("job %r %s; leaving", spec.job, spec.status)
+                return True
+            log.info("job %r has %s (an earlier run); waiting for the aggregator to start a new one",
+                     spec.job, spec.status)
+            return False
+        if spec.task != self.task.name:
+            raise DataError(f"job {spec.job!r} is a {spec.task} job but {self.cfg.data} holds {self.task.name} data",
+                            hint="point --data at a folder of the job's task, or join another --job")
+        if self.run_state is None or self.run_state.spec.run_id != spec.run_id:
+            self.run_state = RunState(spec=spec)
+            log.info("job %r: %s, model %s, %d round(s)", spec.job, spec.task, spec.model, spec.rounds)
+        self.run_state.spec = spec
+        if spec.status == "running" and self.run_state.model is None:
+            unknown = sorted(set(self.task.labels) - set(spec.labels))
+            if unknown:
+                raise DataError(f"this silo's data has labels the job does not know: {', '.join(unknown[:10])}",
+                                hint="the job's labels were fixed by the silos present at its start; "
+                                     "remove those classes or start a new job")
+            self.task.prepare(spec)
+            self.run_state.model = self.task.build_model(spec)
+            self.joined.add(spec.run_id)
+        return False
+
+    # -- model, training, testing -----------------------------------------------------------------
+    def _send_initial(self, state: RunState) -> None:
+        log.info("building the initial %s weights (seed %d)", state.spec.model, state.spec.seed)
+        weights = {k: v.detach() for k, v in state.model.state_dict().items()}
+        self._send_update(state, round_number=0, base_digest=None, weights=weights,
+                          num_samples=len(self.task.train_set), loss=None, seconds=None)
+
+    def _on_model(self, state: RunState, sync: ModelSync, payload: bytes) -> None:
+        digest = sync.payload.sha256
+        if digest not in state.models:
+            weights = decode_state(payload, sync.payload.codec, self.cfg.max_model_bytes)
+            state.models = {digest: (sync.version, weights)}  # keep only the newest global model
+            save_file({k: v.contiguous() for k, v in weights.items()},
+                      str(self.work_dir / f"global-v{sync.version:04d}.safetensors"))
+        self._run_pending_tests(state)
+        if sync.train_round is not None and sync.train_round > state.trained_round:
+            self._train(state, sync.train_round, digest)
+
+    def _load(self, state: RunState, digest: str) -> None:
+        try:
+            state.model.load_state_dict(state.models[digest][1], strict=True)
+        except RuntimeError as exc:
+            raise ProtocolError(f"the global model does not fit the local {state.spec.model}: {exc}") from None
+
+    def _train(self, state: RunState, round_number: int, digest: str) -> None:
+        self._load(state, digest)
+        log.info("round %d: training %d epoch(s) on %d samples", round_number, state.spec.local_epochs,
+                 len(self.task.train_set))
+        with self.loss_log.open("a") as out:
+            def log_step(epoch: int, step: int, losses: dict[str, float]) -> None:
+                parts = " ".join(f"{k}: {v:.6f}" for k, v in losses.items())
+                out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
+
+            result = self.task.train(state.model, state.spec, log_step)
+        state.trained_round = round_number
+        weights = {k: v.detach() for k, v in state.model.state_dict().items()}
+        self._send_update(state, round_number, digest, weights, result.num_samples, result.loss, result.seconds)
+        log.info("round %d: update sent (loss %s, %.1f s)", round_number,
+                 "-" if result.loss is None else f"{result.loss:.4f}", result.seconds)
+
+    def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
+                     num_samples: int, loss: float | None, seconds: float | None) -> None:
+        payload = encode_state(weights, state.spec.codec)
+        header = Update(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
+                        base_digest=base_digest, num_samples=num_samples, train_loss=loss, train_seconds=seconds,
+                        payload=PayloadInfo(codec=state.spec.codec, size=len(payload), sha256=sha256_hex(payload)))
+        self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=state.spec.chunk_size)
+
+    def _run_pending_tests(self, state: RunState) -> None:
+        for digest in [d for d in state.pending_tests if d in state.models]:
+            round_number = state.pending_tests.pop(digest)
+            self._load(state, digest)
+            num_samples, metrics = self.task.evaluate(state.model)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no test data"
+            log.info("round %d: evaluated the global model on %d test samples: %s", round_number, num_samples, shown)
+            self.conn.publish(self.topics.result(self.cfg.silo), TestResult(
+                job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
+                model_digest=digest, num_samples=num_samples, metrics=metrics))

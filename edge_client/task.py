@@ -1,0 +1,61 @@
+"""What a silo's task plug-in provides, and how a data folder picks its task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from torch import nn
+
+from ..errors import DataError
+from ..schemas import JobSpec
+
+StepLogger = Callable[[int, int, dict[str, float]], None]
+"""Called after every training step with (epoch, step, losses by name)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    num_samples: int
+    loss: float | None
+    seconds: float
+
+
+class Task(Protocol):
+    name: str
+    labels: list[str]
+    """The class or category names this silo's data holds."""
+
+    def prepare(self, spec: JobSpec) -> None:
+        """Index the data against the job's labels and model; raise DataError when they do not fit."""
+
+    def build_model(self, spec: JobSpec) -> nn.Module: ...
+
+    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult: ...
+
+    def evaluate(self, model: nn.Module) -> tuple[int, dict[str, float]]:
+        """(number of test samples, metrics) of ``model`` on the local test split."""
+
+
+def open_task(data: Path) -> Task:
+    """The task a silo folder holds: COCO annotations mean detection, class folders classification."""
+    from .classification import ClassificationTask
+    from .data.coco import is_detection_folder
+    from .detection import DetectionTask
+
+    if not data.exists():
+        raise DataError(f"data folder {data} does not exist",
+                        hint="pass the silo's folder with --data, e.g. one made by `fedmq data synth`")
+    if not data.is_dir():
+        raise DataError(f"--data {data} is not a folder")
+    if is_detection_folder(data):
+        return DetectionTask(data)
+    from .data.image_folder import is_image_folder
+
+    if is_image_folder(data):
+        return ClassificationTask(data)
+    raise DataError(
+        f"{data} holds no silo data",
+        hint="expected DIR/train/<class>/*.png (classification) or DIR/train/annotations.json (detection)",
+    )

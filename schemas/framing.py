@@ -1,0 +1,156 @@
+"""Message framing: header + payload -> one byte string -> chunks, and back.
+
+A logical message is ``u32 header_length | header JSON | payload``. It is cut into chunks of at
+most ``chunk_size`` bytes so brokers with small packet limits work; every chunk carries a fixed
+28-byte prefix ``magic | message id (16) | index (u32) | count (u32)`` so chunks may arrive out of
+order or twice. The ``Reassembler`` keeps a size cap and a time limit per message, so a peer
+cannot make the receiver buffer without bound.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..errors import ProtocolError
+from .codec import sha256_hex
+from .messages import Message, dump_header, parse_header
+
+MAGIC = b"FMQ\x01"
+_PREFIX = struct.Struct("!4s16sII")
+PREFIX_SIZE = _PREFIX.size
+_HEADER_LEN = struct.Struct("!I")
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
+"""The default cap on one message (and on a payload once decompressed): well above Faster R-CNN R50."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One whole, verified message: a typed header and its payload bytes (possibly empty)."""
+
+    header: Message
+    payload: bytes = b""
+    topic: str = ""
+
+
+def pack_message(header: Message, payload: bytes = b"") -> bytes:
+    head = dump_header(header)
+    return _HEADER_LEN.pack(len(head)) + head + payload
+
+
+def unpack_message(data: bytes, topic: str = "") -> Envelope:
+    """Parse header and payload, and verify the payload against the header's size and digest."""
+    if len(data) < _HEADER_LEN.size:
+        raise ProtocolError("message shorter than its length prefix")
+    (head_len,) = _HEADER_LEN.unpack_from(data)
+    end = _HEADER_LEN.size + head_len
+    if end > len(data):
+        raise ProtocolError(f"header length {head_len} runs past the end of the message")
+    header = parse_header(data[_HEADER_LEN.size : end])
+    payload = data[end:]
+    info = getattr(header, "payload", None)
+    if info is None:
+        if payload:
+            raise ProtocolError(f"{header.type!r} message carries {len(payload)} unexpected payload bytes")
+    else:
+        if len(payload) != info.size:
+            raise ProtocolError(f"payload is {len(payload)} bytes but the header declares {info.size}")
+        if sha256_hex(payload) != info.sha256:
+            raise ProtocolError("payload sha256 does not match the header")
+    return Envelope(header=header, payload=payload, topic=topic)
+
+
+def split_chunks(data: bytes, chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
+    """Cut a packed message into prefixed chunks of at most ``chunk_size`` bytes each."""
+    body = chunk_size - PREFIX_SIZE
+    if body <= 0:
+        raise ValueError(f"chunk_size must exceed the {PREFIX_SIZE}-byte prefix")
+    mid = message_id or uuid.uuid4().bytes
+    count = max(1, -(-len(data) // body))
+    return [
+        _PREFIX.pack(MAGIC, mid, index, count) + data[index * body : (index + 1) * body]
+        for index in range(count)
+    ]
+
+
+def encode_chunks(header: Message, payload: bytes = b"", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
+    return split_chunks(pack_message(header, payload), chunk_size)
+
+
+@dataclass
+class _Partial:
+    count: int
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
+class Reassembler:
+    """Collects chunks per (topic, message id) until a message is whole.
+
+    ``max_message_bytes`` caps one message and ``max_pending_bytes`` all partial ones together;
+    a partial message older than ``ttl`` seconds is dropped. Duplicated chunks are ignored.
+    Not thread-safe: feed it from one thread (the MQTT network thread).
+    """
+
+    def __init__(self, max_message_bytes: int, max_pending_bytes: int | None = None, ttl: float = 600.0) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_pending_bytes = max_pending_bytes or 4 * max_message_bytes
+        self.ttl = ttl
+        self._pending: dict[tuple[str, bytes], _Partial] = {}
+        self._pending_bytes = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, topic: str, chunk: bytes, now: float | None = None) -> bytes | None:
+        """Add one chunk; return the whole packed message when its last chunk arrives."""
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        if len(chunk) < PREFIX_SIZE:
+            raise ProtocolError(f"chunk of {len(chunk)} bytes is shorter than the chunk prefix")
+        magic, mid, index, count = _PREFIX.unpack_from(chunk)
+        if magic != MAGIC:
+            raise ProtocolError("chunk does not start with the fedmq magic (not a fedmq message, or another version)")
+        if count == 0 or index >= count:
+            raise ProtocolError(f"chunk index {index} out of range for a {count}-chunk message")
+        body = chunk[PREFIX_SIZE:]
+        if count == 1:
+            if len(body) > self.max_message_bytes:
+                raise ProtocolError(f"message of {len(body)} bytes exceeds the {self.max_message_bytes}-byte limit")
+            return body
+        key = (topic, mid)
+        partial = self._pending.get(key)
+        if partial is None:
+            partial = self._pending[key] = _Partial(count=count, started=now)
+        elif partial.count != count:
+            self._drop(key)
+            raise ProtocolError("chunks of one message disagree on the chunk count")
+        if index in partial.parts:
+            return None
+        if partial.size + len(body) > self.max_message_bytes:
+            self._drop(key)
+            raise ProtocolError(f"message exceeds the {self.max_message_bytes}-byte limit")
+        if self._pending_bytes + len(body) > self.max_pending_bytes:
+            self._drop(key)
+            raise ProtocolError(f"more than {self.max_pending_bytes} bytes of partial messages are pending")
+        partial.parts[index] = body
+        partial.size += len(body)
+        self._pending_bytes += len(body)
+        if len(partial.parts) < count:
+            return None
+        self._drop(key)
+        return b"".join(partial.parts[i] for i in range(count))
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        partial = self._pending.pop(key, None)
+        if partial is not None:
+            self._pending_bytes -= partial.size
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, p in self._pending.items() if now - p.started > self.ttl]:
+            self._drop(key)

@@ -1,0 +1,195 @@
+"""Typed, validated, versioned message headers.
+
+A logical message is one of these headers (JSON) plus an optional tensor payload (bytes). Both
+sides build and parse headers only through this module, so a field name is spelled once.
+Unknown fields, wrong types, out-of-range values and other protocol versions are all rejected
+with a ``ProtocolError`` that says which field was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from ..errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=10_000)]
+Task = Literal["classification", "detection"]
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    protocol: Literal[1] = PROTOCOL_VERSION
+    job: Name
+
+
+class _RunHeader(_Header):
+    """A message about one run of a job; a restarted job gets a new ``run_id``."""
+
+    run_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class PayloadInfo(BaseModel):
+    """Describes the bytes that follow the header; the receiver checks size and digest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    codec: Annotated[str, Field(max_length=64)]
+    size: Count
+    sha256: Digest
+
+
+class JobSpec(_RunHeader):
+    """The job, published retained on the init topic.
+
+    ``status`` is ``waiting`` until ``min_clients`` silos are present; by then the aggregator has
+    fixed ``labels`` (the sorted union of the labels the silos announced), so every silo maps a
+    class name to the same output index even when its own data lacks some classes. It turns to
+    ``finished`` (or ``failed``) at the end; the spec stays retained so a late silo learns that too.
+    """
+
+    type: Literal["job"] = "job"
+    status: Literal["waiting", "running", "finished", "failed"] = "waiting"
+    task: Task = "classification"
+    model: Annotated[str, Field(max_length=64)]
+    labels: Labels | None = None
+    rounds: Annotated[int, Field(ge=1)]
+    min_clients: Annotated[int, Field(ge=1)]
+    local_epochs: Annotated[int, Field(ge=0, le=10_000)]
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    lr: Annotated[float, Field(gt=0, le=100)]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    seed: int
+    codec: Annotated[str, Field(max_length=64)]
+    chunk_size: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)]
+    max_update_bytes: Annotated[int, Field(ge=1024)]
+
+
+class InitRequest(_RunHeader):
+    """Asks ``silo`` to send the initial weights it builds from the job's model name and seed."""
+
+    type: Literal["init_request"] = "init_request"
+    silo: Name
+
+
+class ModelSync(_RunHeader):
+    """Global model ``version`` (0 = initial, r = after round r). Train on it for ``train_round``
+    when set; ``None`` means the job has no more rounds and the model is only to be evaluated."""
+
+    type: Literal["model"] = "model"
+    version: Count
+    train_round: Annotated[int, Field(ge=1)] | None
+    payload: PayloadInfo
+
+
+class TestRequest(_RunHeader):
+    """Evaluate the global model with ``model_digest`` (the result of ``round``) on local test data."""
+
+    __test__ = False  # not a pytest test class
+
+    type: Literal["test"] = "test"
+    round: Annotated[int, Field(ge=1)]
+    model_digest: Digest
+
+
+class Update(_RunHeader):
+    """A silo's trained weights for ``round``; round 0 carries the initial weights asked for by an
+    InitRequest. ``base_digest`` is the digest of the global model it trained from."""
+
+    type: Literal["update"] = "update"
+    silo: Name
+    round: Count
+    base_digest: Digest | None
+    num_samples: Annotated[int, Field(ge=0, le=2**53)]
+    train_loss: float | None = None
+    train_seconds: Annotated[float, Field(ge=0)] | None = None
+    payload: PayloadInfo
+
+    @field_validator("train_loss")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("train_loss must be finite")
+        return value
+
+
+class TestResult(_RunHeader):
+    """Metrics of the global model of ``round`` on a silo's local test split."""
+
+    __test__ = False
+
+    type: Literal["result"] = "result"
+    silo: Name
+    round: Annotated[int, Field(ge=1)]
+    model_digest: Digest
+    num_samples: Annotated[int, Field(ge=0, le=2**53)]  # 0: the silo has no test data
+    metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(max_length=64)
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, metric in value.items():
+            if not math.isfinite(metric):
+                raise ValueError(f"metric {key!r} must be finite")
+        return value
+
+
+class Presence(_Header):
+    """A silo's retained online/offline state; the offline form is also its MQTT last will.
+
+    Online, a silo says which task its data folder holds and which labels (class or category
+    names) it has, so the aggregator can fix the job's label set and refuse a mismatched silo.
+    """
+
+    type: Literal["presence"] = "presence"
+    silo: Name
+    online: bool
+    task: Task | None = None
+    labels: Labels | None = None
+
+
+Message = Annotated[
+    Union[JobSpec, InitRequest, ModelSync, TestRequest, Update, TestResult, Presence],
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def dump_header(header: _Header) -> bytes:
+    return header.model_dump_json().encode("utf-8")
+
+
+def parse_header(raw: bytes) -> Message:
+    """Parse and validate one header. Any problem becomes a ProtocolError naming the field."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("header is not a JSON object")
+    version = data.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this fedmq speaks {PROTOCOL_VERSION})",
+            hint="run the same fedmq version on the aggregator and every silo",
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'header'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ProtocolError(f"invalid {data.get('type', 'untyped')!r} message: {problems}") from None

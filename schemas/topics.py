@@ -1,0 +1,100 @@
+"""Topic names: the only place where the shape of a fedmq topic is spelled.
+
+Every topic a silo writes ends in its own silo name, so a broker ACL keyed on the MQTT username
+(``fedmq/+/update/%u``) can confine it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+ROOT = "fedmq"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Job and silo names become topic levels, so they may not hold MQTT wildcards or slashes."""
+    if not _NAME.match(value):
+        raise ConfigError(
+            f"invalid {kind} name {value!r}",
+            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one job."""
+
+    job: str
+
+    def __post_init__(self) -> None:
+        check_name("job", self.job)
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.job}"
+
+    # aggregator -> silos
+    @property
+    def init(self) -> str:
+        """The job spec, retained, so a silo that connects at any time learns the job."""
+        return f"{self.prefix}/init"
+
+    @property
+    def init_request(self) -> str:
+        """Asks one named silo for the initial weights it builds from the job's model and seed."""
+        return f"{self.prefix}/init/request"
+
+    @property
+    def model(self) -> str:
+        """Global model sync: the weights of one model version, and the round to train on them."""
+        return f"{self.prefix}/model"
+
+    def model_for(self, silo: str) -> str:
+        """Global model sent to one silo alone: a late joiner, or a silo that came back."""
+        return f"{self.prefix}/model/{check_name('silo', silo)}"
+
+    @property
+    def test(self) -> str:
+        """Test request: evaluate the global model of a round on the local test split."""
+        return f"{self.prefix}/test"
+
+    # silos -> aggregator
+    def update(self, silo: str) -> str:
+        return f"{self.prefix}/update/{check_name('silo', silo)}"
+
+    def result(self, silo: str) -> str:
+        return f"{self.prefix}/result/{check_name('silo', silo)}"
+
+    def presence(self, silo: str) -> str:
+        """Retained online/offline state; the broker publishes offline as the silo's last will."""
+        return f"{self.prefix}/presence/{check_name('silo', silo)}"
+
+    @property
+    def all_updates(self) -> str:
+        return f"{self.prefix}/update/+"
+
+    @property
+    def all_results(self) -> str:
+        return f"{self.prefix}/result/+"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.prefix}/presence/+"
+
+    def aggregator_subscriptions(self) -> list[str]:
+        return [self.all_updates, self.all_results, self.all_presence]
+
+    def silo_subscriptions(self, silo: str) -> list[str]:
+        return [self.init, self.init_request, self.model, self.model_for(silo), self.test]
+
+    def silo_of(self, topic: str) -> str | None:
+        """The silo named by a silo-written topic (update, result, presence) of this job, else None."""
+        parts = topic.split("/")
+        if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == self.prefix and parts[2] in ("update", "result", "presence"):
+            return parts[3] if _NAME.match(parts[3]) else None
+        return None
