@@ -47,6 +47,11 @@ def _broker_option(f: Any) -> Any:
                         help=f"MQTT broker URL, mqtt://[user:password@]host:port (or ${BROKER_ENV}).")(f)
 
 
+def _connect_timeout_option(f: Any) -> Any:
+    return click.option("--connect-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
+                        help="Seconds to keep trying to reach the broker at start-up.")(f)
+
+
 def _job_option(f: Any) -> Any:
     return click.option("--job", default="default", show_default=True, callback=_check_job,
                         help="Job name: the topic prefix fedmq/<job>/ and the key in the store.")(f)
@@ -87,6 +92,7 @@ def broker(host: str, port: int, embedded: bool) -> None:
 # -- aggregator ------------------------------------------------------------------------------------
 @cli.command()
 @_broker_option
+@_connect_timeout_option
 @_job_option
 @_db_option
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Rounds to train.")
@@ -110,7 +116,7 @@ def broker(host: str, port: int, embedded: bool) -> None:
               help="Seconds a round waits for its silos before aggregating what arrived (at least --min-clients).")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
-def aggregator(broker: str, job: str, db: str, rounds: int, min_clients: int, task: str, model: str | None,
+def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: int, min_clients: int, task: str, model: str | None,
                local_epochs: int, batch_size: int, lr: float, momentum: float, seed: int, init_weights: Path | None,
                out: Path, round_timeout: float, chunk_size: int) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
@@ -125,6 +131,7 @@ def aggregator(broker: str, job: str, db: str, rounds: int, min_clients: int, ta
         broker=parse_broker_url(broker), job=job, db=db, task=task, model=model, rounds=rounds,
         min_clients=min_clients, local_epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         seed=seed, out=out, init_weights=init_weights, round_timeout=round_timeout, chunk_size=chunk_size,
+        connect_timeout=connect_timeout,
     )
     sys.exit(run_aggregator(config))
 
@@ -132,19 +139,20 @@ def aggregator(broker: str, job: str, db: str, rounds: int, min_clients: int, ta
 # -- client ----------------------------------------------------------------------------------------
 @cli.command()
 @_broker_option
+@_connect_timeout_option
 @_job_option
 @click.option("--silo", required=True, help="This silo's name (letters, digits, '.', '_', '-').")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="The silo's data folder: DIR/train/<class>/* (classification) or DIR/train/annotations.json (detection).")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
-def client(broker: str, job: str, silo: str, data: Path, work_dir: Path | None) -> None:
+def client(broker: str, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
     from .broker.url import parse_broker_url
     from .edge_client.silo import ClientConfig, SiloClient
 
     config = ClientConfig(broker=parse_broker_url(broker), silo=check_name("silo", silo), data=data, job=job,
-                          work_dir=work_dir)
+                          work_dir=work_dir, connect_timeout=connect_timeout)
     sys.exit(SiloClient(config).run())
 
 

@@ -10,7 +10,8 @@ import click
 from .errors import StoreError
 from .store import Store
 
-_FIRST = ("accuracy", "map", "map50", "loss", "train_loss")
+# The table shows these; `--json` has every metric the silos reported.
+TABLE_METRICS = ("accuracy", "map", "map50", "loss", "train_loss")
 
 
 def print_history(db: str, job: str | None, as_json: bool) -> None:
@@ -55,8 +56,8 @@ def _print_jobs(jobs: list[dict[str, Any]], as_json: bool, db: str) -> None:
 
 
 def render_rounds(job: str, rounds: list[dict[str, Any]]) -> str:
-    keys = sorted({k for r in rounds for k in r["metrics"] if k != "eval_samples"},
-                  key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
+    present = {k for r in rounds for k in r["metrics"]}
+    keys = [k for k in TABLE_METRICS if k in present]
     rows = [["round", "status", "clients", "samples", *keys, "rejected", "finished"]]
     for r in rounds:
         metrics = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k in keys]

@@ -31,3 +31,4 @@ class AggregatorConfig:
     codec: str = DEFAULT_CODEC
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    connect_timeout: float = 30.0

@@ -124,7 +124,7 @@ class Federation:
     def run(self) -> int:
         """Run the job to its end. Returns the process exit code."""
         self._load_or_create_job()
-        self.conn.connect()
+        self.conn.connect(self.cfg.connect_timeout)
         self.conn.set_retained(self.topics.init, self.spec)
         log.info("job %r published on %s; waiting for %d silo(s) on %s",
                  self.cfg.job, self.topics.init, self.cfg.min_clients, self.cfg.broker)

@@ -46,6 +46,7 @@ class ClientConfig:
     job: str = "default"
     work_dir: Path | None = None
     max_model_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    connect_timeout: float = 30.0
 
 
 @dataclass
@@ -78,7 +79,7 @@ class SiloClient:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve the job until it finishes. Returns the process exit code."""
-        self.conn.connect()
+        self.conn.connect(self.cfg.connect_timeout)
         presence = self.topics.presence(self.cfg.silo)
         self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=True,
                                                   task=self.task.name, labels=self.task.labels))

@@ -40,7 +40,15 @@ def encode_state(state: StateDict, codec: str = DEFAULT_CODEC) -> bytes:
     """Encode named tensors. Tensors are made contiguous CPU copies; names keep their order-free
     identity (safetensors sorts them), so the same weights always give the same bytes."""
     check_codec(codec)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    tensors: StateDict = {}
+    seen: set[int] = set()
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        # safetensors refuses tensors that share memory (tied weights): give repeats their own copy.
+        if t.numel() and t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[name] = t
     raw = st_save(tensors)
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
 
@@ -57,7 +65,7 @@ def decode_state(payload: bytes, codec: str, max_bytes: int) -> StateDict:
         raise ProtocolError(f"payload inflates past the {max_bytes}-byte limit")
     try:
         return st_load(raw)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # KeyError: a dtype torch lacks
         raise ProtocolError(f"payload is not a valid safetensors container: {exc}") from None
 
 

@@ -96,9 +96,11 @@ class Reassembler:
     Not thread-safe: feed it from one thread (the MQTT network thread).
     """
 
-    def __init__(self, max_message_bytes: int, max_pending_bytes: int | None = None, ttl: float = 600.0) -> None:
+    def __init__(self, max_message_bytes: int, max_pending_bytes: int | None = None, ttl: float = 600.0,
+                 max_pending_messages: int = 1024) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_pending_bytes = max_pending_bytes or 4 * max_message_bytes
+        self.max_pending_messages = max_pending_messages
         self.ttl = ttl
         self._pending: dict[tuple[str, bytes], _Partial] = {}
         self._pending_bytes = 0
@@ -119,6 +121,9 @@ class Reassembler:
         if count == 0 or index >= count:
             raise ProtocolError(f"chunk index {index} out of range for a {count}-chunk message")
         body = chunk[PREFIX_SIZE:]
+        if count > 1 and (not body or count > self.max_message_bytes):
+            # split_chunks never makes either; both would let a peer hold memory the caps do not count
+            raise ProtocolError(f"chunk {index} of {count} is empty or the count exceeds the message size limit")
         if count == 1:
             if len(body) > self.max_message_bytes:
                 raise ProtocolError(f"message of {len(body)} bytes exceeds the {self.max_message_bytes}-byte limit")
@@ -126,6 +131,8 @@ class Reassembler:
         key = (topic, mid)
         partial = self._pending.get(key)
         if partial is None:
+            if len(self._pending) >= self.max_pending_messages:
+                raise ProtocolError(f"more than {self.max_pending_messages} partial messages are pending")
             partial = self._pending[key] = _Partial(count=count, started=now)
         elif partial.count != count:
             self._drop(key)
@@ -152,5 +159,10 @@ class Reassembler:
             self._pending_bytes -= partial.size
 
     def _expire(self, now: float) -> None:
-        for key in [k for k, p in self._pending.items() if now - p.started > self.ttl]:
+        # Partials are kept in arrival order, so the expired ones are at the front: stop at the first
+        # live one, which keeps a flood of chunks linear rather than quadratic.
+        while self._pending:
+            key, partial = next(iter(self._pending.items()))
+            if now - partial.started <= self.ttl:
+                return
             self._drop(key)

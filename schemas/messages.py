@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
-Labels = Annotated[list[Label], Field(min_length=1, max_length=10_000)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=2_000)]
 Task = Literal["classification", "detection"]
 
 
@@ -113,7 +113,7 @@ class Update(_RunHeader):
     base_digest: Digest | None
     num_samples: Annotated[int, Field(ge=0, le=2**53)]
     train_loss: float | None = None
-    train_seconds: Annotated[float, Field(ge=0)] | None = None
+    train_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     payload: PayloadInfo
 
     @field_validator("train_loss")
@@ -176,12 +176,12 @@ def parse_header(raw: bytes) -> Message:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError
         raise ProtocolError(f"header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("header is not a JSON object")
     version = data.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 equal 1 in Python
         raise ProtocolError(
             f"protocol version {version!r} is not supported (this fedmq speaks {PROTOCOL_VERSION})",
             hint="run the same fedmq version on the aggregator and every silo",

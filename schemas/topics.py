@@ -17,7 +17,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_name(kind: str, value: str) -> str:
     """Job and silo names become topic levels, so they may not hold MQTT wildcards or slashes."""
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ConfigError(
             f"invalid {kind} name {value!r}",
             hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -96,5 +96,5 @@ class Topics:
         """The silo named by a silo-written topic (update, result, presence) of this job, else None."""
         parts = topic.split("/")
         if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == self.prefix and parts[2] in ("update", "result", "presence"):
-            return parts[3] if _NAME.match(parts[3]) else None
+            return parts[3] if _NAME.fullmatch(parts[3]) else None
         return None

@@ -1,0 +1,105 @@
+"""The aggregator against a real Mosquitto, with real silos and a hostile one in the same process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from fedmq.aggregator.config import AggregatorConfig
+from fedmq.aggregator.federation import Federation
+from fedmq.broker.connection import Connection
+from fedmq.edge_client.data.synth_classification import synth_classification
+from fedmq.edge_client.silo import ClientConfig, SiloClient
+from fedmq.schemas import (
+    ModelSync, PayloadInfo, Presence, TestResult, Topics, Update, decode_state, encode_state, sha256_hex,
+)
+from fedmq.store import Store
+
+LABELS = ["bars", "cross", "disc", "stripes"]
+
+
+class HostileSilo:
+    """Joins like a silo, then sends every kind of bad update before one good one, and leaves."""
+
+    def __init__(self, url, job: str, name: str = "zz-evil") -> None:
+        self.name, self.topics = name, Topics(job)
+        self.conn = Connection(url, name, [self.topics.model, self.topics.model_for(name)], max_message_bytes=1 << 28,
+                               will=(self.topics.presence(name), Presence(job=job, silo=name, online=False)))
+
+    def join(self) -> None:
+        self.conn.connect(timeout=10)
+        self.conn.set_retained(self.topics.presence(self.name), Presence(
+            job=self.topics.job, silo=self.name, online=True, task="classification", labels=LABELS))
+
+    def attack_and_leave(self) -> None:
+        sync = self.conn.receive(timeout=120)
+        assert sync is not None and isinstance(sync.header, ModelSync), sync
+        weights = decode_state(sync.payload, sync.header.payload.codec, 1 << 28)
+        digest, run_id = sync.header.payload.sha256, sync.header.run_id
+        name = next(k for k, v in weights.items() if v.is_floating_point() and v.ndim > 1)
+        nan = dict(weights, **{name: torch.full_like(weights[name], float("nan"))})
+        wrong_shape = dict(weights, **{name: torch.zeros(3, 3)})
+        extra = dict(weights, sneaky=torch.zeros(1))
+        for state, round_number, base in [(nan, 1, digest), (wrong_shape, 1, digest), (extra, 1, digest),
+                                          (weights, 1, "0" * 64), (weights, 7, digest)]:
+            self._send(state, round_number, base, run_id)
+        self.conn._client.publish(self.topics.update(self.name), b"FMQ\x01" + b"\x00" * 40, qos=1).wait_for_publish(5)
+        self._send(weights, 1, digest, run_id, topic=self.topics.update("s0"))  # spoofing another silo's topic
+        self._send(weights, 1, digest, run_id)  # finally a good one, so round 1 can close
+        self._send(weights, 1, digest, run_id)  # and a duplicate of it
+        self.conn.set_retained(self.topics.presence(self.name), Presence(job=self.topics.job, silo=self.name, online=False))
+        self.conn.close()
+
+    def _send(self, state, round_number: int, base: str, run_id: str, topic: str | None = None) -> None:
+        payload = encode_state(state)
+        header = Update(job=self.topics.job, run_id=run_id, silo=self.name, round=round_number, base_digest=base,
+                        num_samples=10, payload=PayloadInfo(codec="safetensors+zstd", size=len(payload),
+                                                            sha256=sha256_hex(payload)))
+        self.conn.publish(topic or self.topics.update(self.name), header, payload)
+
+
+def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path) -> None:
+    job = "hostile"
+    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=16, test_per_silo=8)
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=1, min_clients=3,
+                              out=tmp_path / "out", round_timeout=120)
+    federation = Federation(config, store)
+    result: dict[str, int] = {}
+    agg = threading.Thread(target=lambda: result.setdefault("code", federation.run()))
+    agg.start()
+    evil = HostileSilo(mosquitto.url, job)
+    evil.join()
+    silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
+                                     work_dir=tmp_path / f"w{i}")) for i in range(2)]
+    threads = [threading.Thread(target=s.run) for s in silos]
+    for t in threads:
+        t.start()
+    evil.attack_and_leave()
+    agg.join(timeout=180)
+    for t in threads:
+        t.join(timeout=60)
+    assert result.get("code") == 0
+    [row] = store.history(job)
+    assert row["status"] == "completed"
+    assert row["clients"] == ["s0", "s1", "zz-evil"]
+    assert row["num_samples"] == 16 + 16 + 10
+    reasons = [u.reason for u in _updates(store) if not u.accepted]
+    expected = ["NaN", "shape", "unexpected sneaky", "not this round's global model", "round 7 but round 1",
+                "out of range", "another silo's topic", "duplicate"]
+    for needle in expected:
+        assert any(needle in r for r in reasons), (needle, reasons)
+    assert row["rejected"] == len(reasons) == len(expected)
+    assert 0 <= row["metrics"]["accuracy"] <= 1
+    store.close()
+
+
+def _updates(store: Store):
+    from sqlalchemy import select
+
+    from fedmq.store.models import UpdateRecord
+
+    with store.session() as s:
+        return s.scalars(select(UpdateRecord).order_by(UpdateRecord.id)).all()

@@ -1,0 +1,96 @@
+"""The MQTT connection against a real Mosquitto: chunked messages, refusals, retained state."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fedmq.broker.connection import Connection, Refused
+from fedmq.schemas import JobSpec, ModelSync, PayloadInfo, Presence, Topics, decode_state, encode_state, sha256_hex
+
+
+def _conn(url, name: str, subs: list[str], **kw) -> Connection:
+    conn = Connection(url, name=name, subscriptions=subs, max_message_bytes=1 << 26, **kw)
+    conn.connect(timeout=10)
+    return conn
+
+
+def _spec(job: str) -> JobSpec:
+    return JobSpec(job=job, run_id="r1", model="cnn", rounds=1, min_clients=1, local_epochs=1, batch_size=4,
+                   lr=0.1, seed=0, codec="safetensors+zstd", chunk_size=4096, max_update_bytes=1 << 20)
+
+
+def test_a_model_crosses_the_broker_in_many_small_chunks(mosquitto) -> None:
+    topics = Topics("conn-chunks")
+    receiver = _conn(mosquitto.url, "rx", [topics.model])
+    sender = _conn(mosquitto.url, "tx", [])
+    try:
+        state = {"w": torch.randn(300, 100), "n": torch.tensor(3)}
+        payload = encode_state(state)
+        header = ModelSync(job=topics.job, run_id="r1", version=0, train_round=1,
+                           payload=PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload)))
+        sent = sender.publish(topics.model, header, payload, chunk_size=4096)
+        assert sent > len(payload), "chunk prefixes and the header add bytes"
+        got = receiver.receive(timeout=10)
+        assert got.header == header
+        out = decode_state(got.payload, "safetensors+zstd", 1 << 26)
+        assert torch.equal(out["w"], state["w"]) and out["n"].item() == 3
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_garbage_arrives_as_a_refusal_not_a_crash(mosquitto) -> None:
+    topics = Topics("conn-garbage")
+    receiver = _conn(mosquitto.url, "rx", [topics.all_updates])
+    sender = _conn(mosquitto.url, "tx", [])
+    try:
+        sender._client.publish(topics.update("x"), b"\x00not a fedmq message at all, just some bytes on the wire", qos=1).wait_for_publish(5)
+        got = receiver.receive(timeout=10)
+        assert isinstance(got, Refused) and "magic" in got.reason
+        assert receiver.connected, "the connection survives garbage"
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_retained_state_is_published_again_after_a_broker_restart(own_mosquitto) -> None:
+    """Mosquitto without persistence forgets retained messages; fedmq re-publishes them on reconnect."""
+    topics = Topics("conn-restart")
+    holder = _conn(own_mosquitto.url, "holder", [])
+    holder.set_retained(topics.init, _spec(topics.job))
+    own_mosquitto.stop()
+    own_mosquitto.start()
+    deadline = time.monotonic() + 20
+    late = None
+    try:
+        while time.monotonic() < deadline:
+            late = _conn(own_mosquitto.url, "late", [topics.init])
+            got = late.receive(timeout=2)
+            if got is not None:
+                assert isinstance(got.header, JobSpec) and got.header.job == topics.job
+                return
+            late.close()
+            late = None
+        raise AssertionError("the retained job spec never came back after the broker restart")
+    finally:
+        holder.close()
+        if late:
+            late.close()
+
+
+def test_last_will_marks_a_vanished_silo_offline(mosquitto) -> None:
+    topics = Topics("conn-will")
+    watcher = _conn(mosquitto.url, "watcher", [topics.all_presence])
+    silo = _conn(mosquitto.url, "silo", [], will=(topics.presence("a"), Presence(job=topics.job, silo="a", online=False)))
+    try:
+        silo.set_retained(topics.presence("a"), Presence(job=topics.job, silo="a", online=True, task="classification",
+                                                          labels=["x", "y"]))
+        assert watcher.receive(timeout=10).header.online is True
+        silo._client._sock.close()  # the process vanishes without a DISCONNECT: the broker sends the will
+        silo._client.loop_stop()
+        got = watcher.receive(timeout=90)
+        assert got is not None and got.header.online is False
+    finally:
+        watcher.close()

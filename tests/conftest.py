@@ -1,0 +1,92 @@
+"""Shared fixtures: a real Mosquitto on a free port, real SQLite stores, the fedmq CLI as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fedmq.broker.server import free_port, mosquitto_binary, start_mosquitto
+from fedmq.broker.url import BrokerUrl
+
+HOST = "127.0.0.1"
+
+
+class Mosquitto:
+    """A Mosquitto process of the test's own, which a test may stop and start again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port(HOST)
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl(HOST, self.port)
+
+    @property
+    def address(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        self.process = start_mosquitto(HOST, self.port, self.workdir, log_file=self.workdir / "mosquitto.log")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _require_mosquitto() -> None:
+    if mosquitto_binary() is None:
+        pytest.fail("the mosquitto binary is required for these tests: apt-get install mosquitto")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker for the session's integration tests (each test uses its own job name)."""
+    _require_mosquitto()
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker for one test alone: for tests that kill and restart it."""
+    _require_mosquitto()
+    broker = Mosquitto(tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
+
+
+def fedmq_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_fedmq(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `fedmq` command line in a child process."""
+    return subprocess.run([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=fedmq_env())
+
+
+def start_fedmq(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env=fedmq_env())
+
+
+class FedmqCli:
+    """The `fedmq` command line as child processes, for tests: ``run`` waits, ``start`` does not."""
+
+    run = staticmethod(run_fedmq)
+    start = staticmethod(start_fedmq)
+
+
+@pytest.fixture
+def fedmq() -> FedmqCli:
+    return FedmqCli()

@@ -1,0 +1,495 @@
+"""Tensor codec: exact, deterministic round trips; capped, pickle-free decoding that only ever
+fails with a ProtocolError."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import io
+import json
+import pickle
+import struct
+import tracemalloc
+
+import pytest
+import torch
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save as st_save
+
+import fedmq.schemas.codec as codec_module
+from fedmq.errors import ProtocolError
+from fedmq.schemas.codec import DEFAULT_CODEC, decode_state, encode_state, raw_size, sha256_hex
+
+CODEC = "safetensors+zstd"
+BIG = 1 << 30
+
+
+def zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return struct.pack("<Q", len(head)) + head + data
+
+
+def bits(t: torch.Tensor) -> bytes:
+    """The tensor's raw bytes in row-major order, whatever its dtype, shape or strides."""
+    return bytes(t.detach().contiguous().reshape(-1).view(torch.uint8).tolist())
+
+
+def assert_same(decoded: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+    assert set(decoded) == set(original)
+    for name, t in original.items():
+        d = decoded[name]
+        assert d.dtype == t.dtype, name
+        assert d.shape == t.shape, name
+        assert d.device.type == "cpu"
+        assert d.is_contiguous()
+        assert bits(d) == bits(t), name
+
+
+def sample_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 5, generator=g)
+    special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-45, 3.4e38])
+    odd_nan = torch.frombuffer(bytearray(struct.pack("<2I", 0x7FC00001, 0xFFC12345)), dtype=torch.float32)  # NaN payloads
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "fc.weight.T": w.t(),  # non-contiguous
+        "fc.strided": w[:, ::2],  # non-contiguous with gaps
+        "fc.row": w[3],  # view into a larger storage
+        "special": special,
+        "nan_payloads": odd_nan,
+        "half": torch.randn(7, generator=g).to(torch.float16),
+        "bf16": torch.randn(3, 4, generator=g).to(torch.bfloat16),
+        "f64": torch.randn(2, generator=g).double(),
+        "bn.num_batches_tracked": torch.tensor(12345678901, dtype=torch.int64),  # 0-d int64
+        "bn.running_mean": torch.zeros(4),
+        "scalar_f32": torch.tensor(3.5),
+        "mask": torch.tensor([[True, False], [False, True]]),
+        "scalar_bool": torch.tensor(True),
+        "int8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+        "uint8": torch.tensor([0, 255], dtype=torch.uint8),
+        "int32": torch.tensor([-(2**31), 2**31 - 1], dtype=torch.int32),
+        "int64_extremes": torch.tensor([-(2**63), 2**63 - 1], dtype=torch.int64),
+        "empty": torch.empty(0),
+        "empty_2d": torch.empty(3, 0, dtype=torch.float16),
+        "empty_int": torch.empty(0, 4, dtype=torch.int64),
+        "weird name/with.dots:and-colons": torch.ones(1),
+    }
+
+
+# --- round trips and determinism -----------------------------------------------------------------
+
+
+def test_round_trip_is_exact() -> None:
+    state = sample_state()
+    assert not state["fc.weight.T"].is_contiguous() and not state["fc.strided"].is_contiguous()
+    decoded = decode_state(encode_state(state), CODEC, BIG)
+    assert_same(decoded, state)
+    assert decoded["bn.num_batches_tracked"].dim() == 0
+    assert decoded["bn.num_batches_tracked"].item() == 12345678901
+    assert torch.equal(decoded["fc.weight.T"], state["fc.weight.T"])
+
+
+def test_encode_does_not_modify_the_input() -> None:
+    state = sample_state()
+    before = {k: bits(v) for k, v in state.items()}
+    strides = {k: v.stride() for k, v in state.items()}
+    encode_state(state)
+    assert {k: bits(v) for k, v in state.items()} == before
+    assert {k: v.stride() for k, v in state.items()} == strides
+
+
+def test_decoded_tensors_are_writable_and_independent() -> None:
+    payload = encode_state({"w": torch.ones(3)})
+    a = decode_state(payload, CODEC, BIG)["w"]
+    a.add_(1)
+    assert torch.equal(decode_state(payload, CODEC, BIG)["w"], torch.ones(3))
+
+
+def test_requires_grad_parameters_encode() -> None:
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    decoded = decode_state(encode_state({"p": p}), CODEC, BIG)
+    assert not decoded["p"].requires_grad
+    assert bits(decoded["p"]) == bits(p)
+
+
+def test_module_state_dict_round_trip() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2, 3))
+    model(torch.randn(2, 1, 3, 3))  # moves the BatchNorm running stats and num_batches_tracked
+    state = model.state_dict()
+    decoded = decode_state(encode_state(state), CODEC, BIG)
+    assert_same(decoded, dict(state))
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2, 3))
+    fresh.load_state_dict(decoded)
+    assert fresh[1].num_batches_tracked.item() == 1
+
+
+def test_empty_state_round_trip() -> None:
+    assert decode_state(encode_state({}), CODEC, BIG) == {}
+
+
+def test_same_weights_same_bytes() -> None:
+    a = sample_state()
+    b = {k: v.clone() for k, v in reversed(list(sample_state().items()))}  # other objects, other order
+    assert encode_state(a) == encode_state(a) == encode_state(b)
+    c = {k: v.contiguous() for k, v in a.items()}  # contiguity does not change the bytes
+    assert encode_state(c) == encode_state(a)
+
+
+def test_different_weights_different_bytes() -> None:
+    a = {"w": torch.zeros(4)}
+    assert encode_state(a) != encode_state({"w": torch.zeros(4, dtype=torch.float64)})
+    assert encode_state(a) != encode_state({"w": torch.zeros(2, 2)})
+    assert encode_state(a) != encode_state({"v": torch.zeros(4)})
+    assert encode_state(a) != encode_state({"w": torch.tensor([0.0, 0.0, 0.0, -0.0])})
+
+
+dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+                          torch.int8, torch.uint8, torch.bool])
+
+
+@st.composite
+def tensors(draw) -> torch.Tensor:
+    dtype = draw(dtypes)
+    shape = draw(st.lists(st.integers(0, 4), max_size=3))
+    n = 1
+    for s in shape:
+        n *= s
+    size = n * torch.empty(0, dtype=dtype).element_size()
+    if dtype == torch.bool:  # only 0 and 1 are valid bool bytes
+        raw = bytes(draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)))
+    else:
+        raw = draw(st.binary(min_size=size, max_size=size))
+    t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
+    if t.dim() >= 2 and draw(st.booleans()):
+        t = t.transpose(0, 1)
+    return t
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=st.dictionaries(st.text(min_size=1, max_size=20).filter(lambda s: s != "__metadata__"), tensors(), max_size=5))
+def test_round_trip_property(state: dict[str, torch.Tensor]) -> None:
+    payload = encode_state(state)
+    assert_same(decode_state(payload, CODEC, BIG), state)
+    assert encode_state(dict(reversed(list(state.items())))) == payload
+
+
+def test_shared_storage_tensors_encode() -> None:
+    """Tied weights (two names, one tensor) are legal in a state_dict; the docstring promises
+    copies, so safetensors' shared-memory check must not fire."""
+    w = torch.randn(3, 2)
+    state = {"embed.weight": w, "head.weight": w}
+    assert_same(decode_state(encode_state(state), CODEC, BIG), state)
+
+
+def test_raw_size_and_sha256() -> None:
+    state = {"a": torch.zeros(3, 2), "b": torch.zeros(5, dtype=torch.int64), "c": torch.tensor(True)}
+    assert raw_size(state) == 24 + 40 + 1
+    assert sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    assert len(sha256_hex(b"")) == 64
+
+
+# --- size cap ------------------------------------------------------------------------------------
+
+
+def test_max_bytes_boundary() -> None:
+    state = {"w": torch.zeros(1000)}
+    inflated = len(st_save({"w": torch.zeros(1000)}))
+    payload = encode_state(state)
+    assert len(payload) < inflated
+    assert_same(decode_state(payload, CODEC, inflated), state)
+    with pytest.raises(ProtocolError, match=f"inflates past the {inflated - 1}-byte limit"):
+        decode_state(payload, CODEC, inflated - 1)
+    with pytest.raises(ProtocolError, match="limit"):
+        decode_state(payload, CODEC, 0)
+
+
+def test_zstd_bomb_refused_without_materialising() -> None:
+    payload = zstd(bytes(64 * 1024 * 1024))
+    assert len(payload) < 64 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="inflates past the 1048576-byte limit"):
+            decode_state(payload, CODEC, 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["safetensors", "pickle", "torch", "", "SAFETENSORS+ZSTD", "safetensors+zstd "])
+def test_unknown_codec_refused(name: str) -> None:
+    with pytest.raises(ProtocolError, match="unknown payload codec") as info:
+        encode_state({"w": torch.zeros(1)}, codec=name)
+    assert "safetensors+zstd" in (info.value.hint or "")
+    with pytest.raises(ProtocolError, match="unknown payload codec"):
+        decode_state(encode_state({"w": torch.zeros(1)}), name, BIG)
+
+
+def test_default_codec() -> None:
+    assert DEFAULT_CODEC == CODEC
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x00", b"not zstd at all", bytes(range(256)), b"\x28\xb5\x2f\xfd", b"\x28\xb5\x2f\xfd" + b"\xff" * 20],
+    ids=["empty", "nul", "text", "range", "zstd-magic-only", "zstd-magic-junk"],
+)
+def test_garbage_refused(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_state(payload, CODEC, BIG)
+
+
+def test_truncated_payloads_refused() -> None:
+    payload = encode_state(sample_state())
+    for cut in range(0, len(payload), max(1, len(payload) // 60)):
+        with pytest.raises(ProtocolError):
+            decode_state(payload[:cut], CODEC, BIG)
+
+
+def test_truncated_safetensors_in_valid_zstd_refused() -> None:
+    raw = st_save({"w": torch.arange(10.0)})
+    for cut in (0, 4, 8, 9, len(raw) // 2, len(raw) - 1):
+        with pytest.raises(ProtocolError, match="safetensors"):
+            decode_state(zstd(raw[:cut]), CODEC, BIG)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        b"hello world, not a tensor container",
+        json.dumps({"w": [1, 2, 3]}).encode(),
+        struct.pack("<Q", 2) + b"{}",  # a valid empty header is fine, so see the others
+        struct.pack("<Q", 10**12) + b"{}",  # header length past the end
+        struct.pack("<Q", 4) + b"[1] ",  # header not an object
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),  # data short
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8),  # shape/offsets
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8),
+        safetensors_bytes({"w": {"dtype": "QQ", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8),
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [2**62, 4], "data_offsets": [0, 8]}}, b"\0" * 8),
+        safetensors_bytes({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),
+        safetensors_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                           "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),  # overlap
+        safetensors_bytes({"__metadata__": {"k": 5}}),
+    ],
+    ids=["text", "json", "empty-header", "header-len-past-end", "header-list", "data-short", "shape-vs-offsets",
+         "offsets-reversed", "unknown-dtype", "negative-shape", "overflowing-shape", "no-offsets", "overlap",
+         "metadata-not-str"],
+)
+def test_valid_zstd_wrapping_non_safetensors_refused(inner: bytes) -> None:
+    if inner == struct.pack("<Q", 2) + b"{}":
+        assert decode_state(zstd(inner), CODEC, BIG) == {}
+        return
+    with pytest.raises(ProtocolError, match="safetensors"):
+        decode_state(zstd(inner), CODEC, BIG)
+
+
+# Dtypes the safetensors format (and its Rust parser) knows, with the bytes two/four elements take.
+ALL_SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8, "F64": 8, "I64": 8, "U64": 8,
+}
+SUBBYTE_DTYPES = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}  # bits per element
+
+
+@pytest.mark.parametrize("dtype", sorted(ALL_SAFETENSORS_DTYPES) + sorted(SUBBYTE_DTYPES))
+def test_every_safetensors_dtype_decodes_or_is_refused(dtype: str) -> None:
+    """A peer may name any dtype the format knows; one torch cannot hold must be a ProtocolError
+    (this safetensors release raises KeyError for F4, F6_*, F8_E8M0)."""
+    if dtype in SUBBYTE_DTYPES:
+        shape, nbytes = [4], 4 * SUBBYTE_DTYPES[dtype] // 8
+    else:
+        shape, nbytes = [2], 2 * ALL_SAFETENSORS_DTYPES[dtype]
+    inner = safetensors_bytes({"w": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}, b"\x01" * nbytes)
+    try:
+        out = decode_state(zstd(inner), CODEC, BIG)
+    except ProtocolError:
+        return
+    assert list(out) == ["w"] and list(out["w"].shape) == shape
+
+
+# --- no pickle -----------------------------------------------------------------------------------
+
+_TRIGGERED: list[str] = []
+
+
+def _side_effect(tag: str) -> str:
+    _TRIGGERED.append(tag)
+    return tag
+
+
+class _Evil:
+    def __reduce__(self):
+        return (_side_effect, ("pickle was executed",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_payload_refused_and_never_run(protocol: int) -> None:
+    _TRIGGERED.clear()
+    blob = pickle.dumps({"w": _Evil()}, protocol=protocol)
+    with pytest.raises(ProtocolError):
+        decode_state(zstd(blob), CODEC, BIG)
+    with pytest.raises(ProtocolError):
+        decode_state(blob, CODEC, BIG)
+    assert _TRIGGERED == []
+
+
+def test_torch_save_payload_refused() -> None:
+    _TRIGGERED.clear()
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2), "evil": _Evil()}, buf)
+    with pytest.raises(ProtocolError):
+        decode_state(zstd(buf.getvalue()), CODEC, BIG)
+    assert _TRIGGERED == []
+
+
+def test_codec_round_trip_works_with_pickle_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("the codec must never unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, boom)
+    monkeypatch.setattr(torch, "load", boom)
+    monkeypatch.setattr(torch, "save", boom)
+    state = sample_state()
+    assert_same(decode_state(encode_state(state), CODEC, BIG), state)
+
+
+def test_codec_source_does_not_use_pickle() -> None:
+    tree = ast.parse(inspect.getsource(codec_module))
+    imported: set[str] = set()
+    attributes: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            attributes.add(f"{node.value.id}.{node.attr}")
+    forbidden = ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve")
+    assert not [m for m in imported if any(m == f or m.startswith(f + ".") for f in forbidden)]
+    assert not attributes & {"torch.load", "torch.save", "numpy.load", "np.load"}
+
+
+# --- fuzz ----------------------------------------------------------------------------------------
+
+
+def only_protocol_errors(payload: bytes, max_bytes: int = 100_000) -> None:
+    try:
+        out = decode_state(payload, CODEC, max_bytes)
+    except ProtocolError as exc:
+        assert exc.message
+        return
+    assert isinstance(out, dict)
+    for name, t in out.items():
+        assert isinstance(name, str) and isinstance(t, torch.Tensor)
+        assert t.numel() * t.element_size() <= max_bytes
+
+
+@settings(max_examples=800, deadline=None, database=None)
+@given(payload=st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(payload: bytes) -> None:
+    only_protocol_errors(payload)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(inner=st.binary(max_size=300))
+def test_fuzz_zstd_of_arbitrary_bytes(inner: bytes) -> None:
+    only_protocol_errors(zstd(inner))
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=10)
+shapes = st.lists(st.integers(0, 6) | st.integers(-(2**64), 2**64) | st.sampled_from([2**32, 2**62, 2**63]), max_size=4)
+offsets = st.lists(st.integers(0, 200) | st.integers(-(2**64), 2**64), min_size=0, max_size=3)
+tensor_entries = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(sorted(ALL_SAFETENSORS_DTYPES) + sorted(SUBBYTE_DTYPES) + ["f32", "X"]) | json_scalars,
+        "shape": shapes | json_scalars,
+        "data_offsets": offsets | json_scalars,
+    },
+    optional={"extra": json_scalars},
+)
+headers = st.dictionaries(
+    st.text(max_size=8) | st.just("__metadata__"),
+    tensor_entries | st.dictionaries(st.text(max_size=5), st.text(max_size=5) | json_scalars, max_size=3) | json_scalars,
+    max_size=4,
+)
+
+
+@settings(max_examples=450, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=headers,
+    data=st.binary(max_size=200),
+    pad=st.integers(0, 7),
+    length_delta=st.sampled_from([0, 0, 0, 0, -1, 1, 8, -8, 2**40]),
+)
+def test_fuzz_structured_safetensors(header: dict, data: bytes, pad: int, length_delta: int) -> None:
+    head = json.dumps(header).encode() + b" " * pad
+    inner = struct.pack("<Q", max(0, min(2**64 - 1, len(head) + length_delta))) + head + data
+    only_protocol_errors(zstd(inner))
+
+
+@st.composite
+def consistent_containers(draw) -> bytes:
+    """Well-formed containers of any dtype the format names: shapes, offsets and data agree."""
+    header: dict = {}
+    data = b""
+    for name in draw(st.lists(st.text(min_size=1, max_size=6), max_size=3, unique=True)):
+        dtype = draw(st.sampled_from(sorted(ALL_SAFETENSORS_DTYPES) + sorted(SUBBYTE_DTYPES)))
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        n = 1
+        for s in shape:
+            n *= s
+        if dtype in SUBBYTE_DTYPES:
+            n = n - n % 4  # whole bytes only
+            shape = [n]
+            nbytes = n * SUBBYTE_DTYPES[dtype] // 8
+        else:
+            nbytes = n * ALL_SAFETENSORS_DTYPES[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + nbytes]}
+        data += draw(st.binary(min_size=nbytes, max_size=nbytes))
+    if draw(st.booleans()):
+        header["__metadata__"] = draw(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2))
+    return safetensors_bytes(header, data)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inner=consistent_containers())
+def test_fuzz_consistent_safetensors_any_dtype(inner: bytes) -> None:
+    only_protocol_errors(zstd(inner))
+
+
+VALID_RAW = st_save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor(7, dtype=torch.int64),
+                     "c": torch.tensor([True, False]), "d": torch.ones(2, dtype=torch.bfloat16)})
+
+
+@settings(max_examples=350, deadline=None, database=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(VALID_RAW) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.integers(0, len(VALID_RAW)),
+    compress=st.booleans(),
+)
+def test_fuzz_mutated_valid_payload(edits: list[tuple[int, int]], cut: int, compress: bool) -> None:
+    raw = bytearray(VALID_RAW)
+    for pos, byte in edits:
+        raw[pos] = byte
+    raw = bytes(raw[: max(cut, len(raw) - 16)])
+    if compress:
+        only_protocol_errors(zstd(raw))
+    else:  # mutate the compressed form instead
+        z = bytearray(zstd(VALID_RAW))
+        for pos, byte in edits:
+            z[pos % len(z)] = byte
+        only_protocol_errors(bytes(z))

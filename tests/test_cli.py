@@ -1,0 +1,62 @@
+"""Bad input at the command line: one clear line and a hint, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from fedmq.broker.server import free_port
+
+
+def _clear_error(result, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") or "Error: " in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_client_with_a_missing_data_folder(fedmq, tmp_path: Path) -> None:
+    result = fedmq.run("client", "--silo", "a", "--data", str(tmp_path / "nope"))
+    _clear_error(result, "does not exist", "hint:")
+
+
+def test_client_with_an_empty_data_folder(fedmq, tmp_path: Path) -> None:
+    result = fedmq.run("client", "--silo", "a", "--data", str(tmp_path))
+    _clear_error(result, "holds no silo data", "hint:")
+
+
+def test_client_with_an_unreachable_broker(fedmq, tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    assert fedmq.run("data", "synth", "--silos", "1", "--out", str(data)).returncode == 0
+    port = free_port()
+    result = fedmq.run("client", "--silo", "a", "--data", str(data / "0"), "--broker", f"mqtt://127.0.0.1:{port}",
+                       "--connect-timeout", "1", "--work-dir", str(tmp_path / "w"))
+    _clear_error(result, "cannot reach the MQTT broker", "hint:")
+
+
+def test_broker_on_a_port_in_use(fedmq) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = fedmq.run("broker", "--port", str(port))
+    _clear_error(result, f"cannot listen on 127.0.0.1:{port}", "hint:")
+
+
+def test_invalid_names_and_urls(fedmq, tmp_path: Path) -> None:
+    _clear_error(fedmq.run("client", "--silo", "a/b", "--data", str(tmp_path)), "invalid silo name")
+    _clear_error(fedmq.run("aggregator", "--job", "x+y"), "invalid job name")
+    _clear_error(fedmq.run("aggregator", "--broker", "http://x", "--db", f"sqlite:///{tmp_path}/f.db"),
+                 "unsupported broker URL scheme")
+    _clear_error(fedmq.run("aggregator", "--model", "vgg"), "unknown model 'vgg'")
+
+
+def test_history_without_a_store(fedmq, tmp_path: Path) -> None:
+    _clear_error(fedmq.run("history", "--db", f"sqlite:///{tmp_path}/none.db"), "no store at", "hint:")
+
+
+def test_synth_refuses_to_overwrite(fedmq, tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    _clear_error(fedmq.run("data", "synth", "--silos", "1", "--out", str(tmp_path)), "not empty")
+    assert (tmp_path / "keep.txt").read_text() == "precious"
