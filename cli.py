@@ -6,8 +6,8 @@ next, and the process exits non-zero (2 for bad options or data, 1 otherwise), n
 
 from __future__ import annotations
 
-import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,8 @@ def broker(host: str, port: int, embedded: bool) -> None:
 @click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False),
               help="Initial weights (.safetensors, or a torch state dict loaded weights-only); "
                    "default: the first silo builds them from --model and --seed.")
+@click.option("--num-classes", default=None, type=click.IntRange(1),
+              help="Model outputs (real classes, without detection's background); default: the silos' labels.")
 @click.option("--out", default=Path("fedmq-out"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the per-round checkpoints (OUT/<job>/round-NNNN.safetensors).")
 @click.option("--round-timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
@@ -118,7 +120,7 @@ def broker(host: str, port: int, embedded: bool) -> None:
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
 def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: int, min_clients: int, task: str, model: str | None,
                local_epochs: int, batch_size: int, lr: float, momentum: float, seed: int, init_weights: Path | None,
-               out: Path, round_timeout: float, chunk_size: int) -> None:
+               num_classes: int | None, out: Path, round_timeout: float, chunk_size: int) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
     from .aggregator.config import AggregatorConfig
     from .aggregator.federation import run_aggregator
@@ -130,7 +132,7 @@ def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: i
     config = AggregatorConfig(
         broker=parse_broker_url(broker), job=job, db=db, task=task, model=model, rounds=rounds,
         min_clients=min_clients, local_epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        seed=seed, out=out, init_weights=init_weights, round_timeout=round_timeout, chunk_size=chunk_size,
+        seed=seed, out=out, init_weights=init_weights, num_classes=num_classes, round_timeout=round_timeout, chunk_size=chunk_size,
         connect_timeout=connect_timeout,
     )
     sys.exit(run_aggregator(config))
@@ -146,13 +148,15 @@ def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: i
               help="The silo's data folder: DIR/train/<class>/* (classification) or DIR/train/annotations.json (detection).")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
-def client(broker: str, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None) -> None:
+@click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
+def client(broker: str, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None,
+           device: str) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
     from .broker.url import parse_broker_url
     from .edge_client.silo import ClientConfig, SiloClient
 
     config = ClientConfig(broker=parse_broker_url(broker), silo=check_name("silo", silo), data=data, job=job,
-                          work_dir=work_dir, connect_timeout=connect_timeout)
+                          work_dir=work_dir, connect_timeout=connect_timeout, device=device)
     sys.exit(SiloClient(config).run())
 
 
@@ -256,7 +260,12 @@ def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
     sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM shuts down like Ctrl-C: finally-blocks run, the store stays consistent
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="fedmq")
 
 

@@ -26,6 +26,7 @@ class AggregatorConfig:
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("fedmq-out"))
     init_weights: Path | None = None
+    num_classes: int | None = None
     strategy: str = "fedavg"
     round_timeout: float = 1800.0
     codec: str = DEFAULT_CODEC

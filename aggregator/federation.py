@@ -138,6 +138,11 @@ class Federation:
             log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
                      checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
             return 0
+        except ConfigError:
+            # The job cannot go on as configured: tell the silos, so they stop waiting. (An interrupt
+            # leaves it running instead, to be resumed by the same command.)
+            self._set_status("failed")
+            raise
         finally:
             self.conn.close()
 
@@ -217,7 +222,7 @@ class Federation:
         return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
-                       max_update_bytes=c.max_update_bytes)
+                       max_update_bytes=c.max_update_bytes, num_classes=c.num_classes)
 
     def _set_status(self, status: str, **changes: Any) -> None:
         self.spec = self.spec.model_copy(update={"status": status, **changes})
@@ -267,6 +272,9 @@ class Federation:
                               hint="check the silos' train/<class>/ folders")
         if not labels:
             raise ConfigError("the silos' data names no categories", hint="check the silos' annotations.json files")
+        if self.spec.num_classes is not None and self.spec.num_classes < len(labels):
+            raise ConfigError(f"--num-classes {self.spec.num_classes} is fewer than the {len(labels)} labels the silos hold",
+                              hint="leave --num-classes out to follow the data, or raise it")
         log.info("%d silo(s) present (%s); %d labels; starting", len(eligible), ", ".join(sorted(eligible)), len(labels))
         self._set_status("running", labels=labels)
 

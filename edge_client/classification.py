@@ -13,7 +13,7 @@ from ..errors import DataError
 from ..schemas import JobSpec
 from .data.image_folder import ImageFolderSplit, folder_labels
 from .models import CLASSIFICATION_INPUTS, build_model
-from .task import StepLogger, TrainResult
+from .task import StepLogger, TrainResult, model_device
 
 EVAL_BATCH = 256
 
@@ -38,7 +38,7 @@ class ClassificationTask:
         self._shuffle = torch.Generator().manual_seed(spec.seed)
 
     def build_model(self, spec: JobSpec) -> nn.Module:
-        return build_model(spec.task, spec.model, len(spec.labels), spec.seed)
+        return build_model(spec.task, spec.model, spec.output_classes, spec.seed)
 
     def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
         started = time.perf_counter()
@@ -50,9 +50,11 @@ class ClassificationTask:
         optimiser = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
         loss_fn = nn.CrossEntropyLoss()
         model.train()
+        device = model_device(model)
         total, seen = 0.0, 0
         for epoch in range(1, spec.local_epochs + 1):
             for step, (images, targets) in enumerate(loader, start=1):
+                images, targets = images.to(device), targets.to(device)
                 optimiser.zero_grad()
                 loss = loss_fn(model(images), targets)
                 loss.backward()
@@ -67,8 +69,10 @@ class ClassificationTask:
         if not self.test_set:
             return 0, {}
         model.eval()
+        device = model_device(model)
         loss_sum, correct = 0.0, 0
         for images, targets in DataLoader(self.test_set, batch_size=EVAL_BATCH):
+            images, targets = images.to(device), targets.to(device)
             logits = model(images)
             loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             correct += (logits.argmax(dim=1) == targets).sum().item()

@@ -14,7 +14,7 @@ from ..schemas import JobSpec
 from .coco_metrics import coco_bbox_metrics, predictions_to_detections
 from .data.coco import CocoDetectionDataset, collate_detection, detection_labels
 from .models import build_model
-from .task import StepLogger, TrainResult
+from .task import StepLogger, TrainResult, model_device
 
 EVAL_BATCH = 4
 WEIGHT_DECAY = 1e-4
@@ -41,7 +41,7 @@ class DetectionTask:
         self._shuffle = torch.Generator().manual_seed(spec.seed)
 
     def build_model(self, spec: JobSpec) -> nn.Module:
-        return build_model(spec.task, spec.model, len(spec.labels), spec.seed)
+        return build_model(spec.task, spec.model, spec.output_classes, spec.seed)
 
     def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
         started = time.perf_counter()
@@ -53,10 +53,12 @@ class DetectionTask:
         params = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=WEIGHT_DECAY)
         model.train()
+        device = model_device(model)
         total, steps = 0.0, 0
         for epoch in range(1, spec.local_epochs + 1):
             for step, (images, targets) in enumerate(loader, start=1):
-                parts = model(list(images), list(targets))
+                images, targets = _to(device, images, targets)
+                parts = model(images, targets)
                 loss = sum(parts.values())
                 if not torch.isfinite(loss):
                     raise DataError(f"training diverged at epoch {epoch} step {step} (loss {loss.item()})",
@@ -74,9 +76,16 @@ class DetectionTask:
         if not self.test_set:
             return 0, {}
         model.eval()
+        device = model_device(model)
         detections: list[dict] = []
         for images, targets in DataLoader(self.test_set, batch_size=EVAL_BATCH, collate_fn=collate_detection):
-            for target, output in zip(targets, model(list(images))):
+            images, targets = _to(device, images, targets)
+            for target, output in zip(targets, model(images)):
                 detections.extend(predictions_to_detections(int(target["image_id"]), output))
         metrics = coco_bbox_metrics(self.test_set.coco_ground_truth(), detections)
         return len(self.test_set), metrics
+
+
+def _to(device: torch.device, images: tuple, targets: tuple) -> tuple[list[torch.Tensor], list[dict]]:
+    moved = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    return [image.to(device) for image in images], moved

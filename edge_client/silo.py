@@ -15,7 +15,7 @@ from torch import nn
 
 from ..broker.connection import Connection, Refused
 from ..broker.url import BrokerUrl
-from ..errors import DataError, ProtocolError
+from ..errors import BrokerError, DataError, ProtocolError
 from ..schemas import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Envelope,
@@ -33,7 +33,7 @@ from ..schemas import (
     sha256_hex,
 )
 from ..schemas.messages import InitRequest
-from .task import Task, open_task
+from .task import Task, open_task, pick_device
 
 log = logging.getLogger("fedmq.client")
 
@@ -47,6 +47,7 @@ class ClientConfig:
     work_dir: Path | None = None
     max_model_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     connect_timeout: float = 30.0
+    device: str = "auto"
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SiloClient:
         self.cfg = config
         self.topics = Topics(config.job)
         self.task: Task = open_task(config.data)
+        self.device = pick_device(config.device)
         self.work_dir = config.work_dir or Path(".fedmq") / config.job / config.silo
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.loss_log = self.work_dir / "loss.log"
@@ -90,21 +92,27 @@ class SiloClient:
                 incoming = self.conn.receive(timeout=1.0)
                 if isinstance(incoming, Refused):
                     log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
-                elif incoming is not None and self._handle(incoming):
-                    return 0
+                elif incoming is not None:
+                    code = self._handle(incoming)
+                    if code is not None:
+                        return code
         finally:
-            self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False))
+            try:  # say goodbye explicitly: the last will only fires on an unclean disconnect
+                self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False),
+                                       timeout=5)
+            except BrokerError:
+                log.warning("could not mark silo %s offline; the broker will, through its last will", self.cfg.silo)
             self.conn.close()
 
-    def _handle(self, envelope: Envelope) -> bool:
-        """Handle one message; True when the job this silo took part in has finished."""
+    def _handle(self, envelope: Envelope) -> int | None:
+        """Handle one message; an exit code once the job this silo took part in has ended."""
         header = envelope.header
         if isinstance(header, JobSpec):
             return self._on_job(header)
         state = self.run_state
         if state is None or getattr(header, "run_id", None) != state.spec.run_id or state.spec.status != "running":
             log.debug("ignored a %r message of another run", header.type)
-            return False
+            return None
         try:
             if isinstance(header, InitRequest) and header.silo == self.cfg.silo:
                 self._send_initial(state)
@@ -115,17 +123,20 @@ class SiloClient:
                 self._run_pending_tests(state)
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
-        return False
+        return None
 
     # -- job --------------------------------------------------------------------------------------
-    def _on_job(self, spec: JobSpec) -> bool:
+    def _on_job(self, spec: JobSpec) -> int | None:
         if spec.status in ("finished", "failed"):
             if spec.run_id in self.joined:
-                log.info("job %r %s; leaving", spec.job, spec.status)
-                return True
+                if spec.status == "failed":
+                    log.error("job %r failed at the aggregator (its log says why); leaving", spec.job)
+                    return 1
+                log.info("job %r finished; leaving", spec.job)
+                return 0
             log.info("job %r has %s (an earlier run); waiting for the aggregator to start a new one",
                      spec.job, spec.status)
-            return False
+            return None
         if spec.task != self.task.name:
             raise DataError(f"job {spec.job!r} is a {spec.task} job but {self.cfg.data} holds {self.task.name} data",
                             hint="point --data at a folder of the job's task, or join another --job")
@@ -140,14 +151,14 @@ class SiloClient:
                                 hint="the job's labels were fixed by the silos present at its start; "
                                      "remove those classes or start a new job")
             self.task.prepare(spec)
-            self.run_state.model = self.task.build_model(spec)
-            self.joined.add(spec.run_id)
-        return False
+            self.run_state.model = self.task.build_model(spec).to(self.device)
+        self.joined.add(spec.run_id)
+        return None
 
     # -- model, training, testing -----------------------------------------------------------------
     def _send_initial(self, state: RunState) -> None:
         log.info("building the initial %s weights (seed %d)", state.spec.model, state.spec.seed)
-        weights = {k: v.detach() for k, v in state.model.state_dict().items()}
+        weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
         self._send_update(state, round_number=0, base_digest=None, weights=weights,
                           num_samples=len(self.task.train_set), loss=None, seconds=None)
 
@@ -179,7 +190,7 @@ class SiloClient:
 
             result = self.task.train(state.model, state.spec, log_step)
         state.trained_round = round_number
-        weights = {k: v.detach() for k, v in state.model.state_dict().items()}
+        weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
         self._send_update(state, round_number, digest, weights, result.num_samples, result.loss, result.seconds)
         log.info("round %d: update sent (loss %s, %.1f s)", round_number,
                  "-" if result.loss is None else f"{result.loss:.4f}", result.seconds)

@@ -57,13 +57,21 @@ class JobSpec(_RunHeader):
     fixed ``labels`` (the sorted union of the labels the silos announced), so every silo maps a
     class name to the same output index even when its own data lacks some classes. It turns to
     ``finished`` (or ``failed``) at the end; the spec stays retained so a late silo learns that too.
+    ``num_classes``, when set, sizes the model's output beyond the labels (say, to load a
+    checkpoint trained on more classes).
     """
+
+    @property
+    def output_classes(self) -> int:
+        """Real classes the model predicts (detection adds its background class on top)."""
+        return self.num_classes or len(self.labels or ())
 
     type: Literal["job"] = "job"
     status: Literal["waiting", "running", "finished", "failed"] = "waiting"
     task: Task = "classification"
     model: Annotated[str, Field(max_length=64)]
     labels: Labels | None = None
+    num_classes: Annotated[int, Field(ge=1, le=100_000)] | None = None  # None: one output per label
     rounds: Annotated[int, Field(ge=1)]
     min_clients: Annotated[int, Field(ge=1)]
     local_epochs: Annotated[int, Field(ge=0, le=10_000)]

@@ -13,7 +13,7 @@ from fedmq.broker.connection import Connection
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
 from fedmq.schemas import (
-    ModelSync, PayloadInfo, Presence, TestResult, Topics, Update, decode_state, encode_state, sha256_hex,
+    ModelSync, PayloadInfo, Presence, Topics, Update, decode_state, encode_state, sha256_hex,
 )
 from fedmq.store import Store
 

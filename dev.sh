@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up this checkout once (.venv with the pinned PyTorch, the project, its test tools; Mosquitto
+# for the tests) and run the demo or the tests:   ./dev.sh demo [OPTIONS]   |   ./dev.sh test [PYTEST ARGS]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup_venv() {
+    local stamp=.venv/.fedmq-installed want
+    want=$(sha256sum pyproject.toml | cut -c1-16)
+    if [ -x .venv/bin/fedmq ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+    echo "setting up .venv (PyTorch comes from this machine's disk; a few minutes the first time) ..." >&2
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    # torch/torchvision first and pinned, so no resolver reaches for another build.
+    .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+}
+
+setup_mosquitto() {
+    if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then return; fi
+    echo "installing mosquitto (the tests start their own brokers with it) ..." >&2
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto >/dev/null; fi
+}
+
+case "${1:-}" in
+    demo) shift; setup_venv; exec .venv/bin/fedmq demo "$@" ;;
+    test) shift; setup_venv; setup_mosquitto; exec .venv/bin/python -m pytest "$@" ;;
+    *) echo "usage: ./dev.sh demo [OPTIONS] | ./dev.sh test [PYTEST ARGS]" >&2; exit 2 ;;
+esac

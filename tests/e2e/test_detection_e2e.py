@@ -1,0 +1,43 @@
+"""Federated Faster R-CNN with real processes: two COCO-format silos, COCO mAP in the history."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_detection_job_reports_coco_map(fedmq, mosquitto, tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    made = fedmq.run("data", "synth", "--task", "detection", "--silos", "2", "--out", str(data),
+                     "--images-per-silo", "8", "--image-size", "96")
+    assert made.returncode == 0, made.stderr
+    db = f"sqlite:///{tmp_path / 'fedmq.db'}"
+    url = mosquitto.address
+    procs = {"aggregator": fedmq.start("aggregator", "--broker", url, "--job", "det", "--db", db, "--task", "detection",
+                                       "--rounds", "1", "--min-clients", "2", "--out", str(tmp_path / "out"),
+                                       log=tmp_path / "aggregator.log")}
+    for i in range(2):
+        procs[f"s{i}"] = fedmq.start("client", "--broker", url, "--job", "det", "--silo", f"s{i}",
+                                     "--data", str(data / str(i)), "--work-dir", str(tmp_path / f"w{i}"),
+                                     log=tmp_path / f"s{i}.log")
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"{name} did not finish:\n" + (tmp_path / f"{name}.log").read_text()[-3000:])
+        assert proc.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    rounds = json.loads(fedmq.run("history", "--db", db, "--job", "det", "--json").stdout)
+    assert [r["status"] for r in rounds] == ["completed"]
+    metrics = rounds[0]["metrics"]
+    assert 0.0 <= metrics["map"] <= 1.0 and 0.0 <= metrics["map50"] <= 1.0
+    assert metrics["eval_samples"] == sum(e["num_samples"] for e in rounds[0]["evaluations"].values()) > 0
+    log_line = (tmp_path / "w0" / "loss.log").read_text().splitlines()[0]
+    assert log_line.startswith("round: 1 epoch: 1 step: 1 total_loss: ") and "loss_classifier" in log_line
+    assert (tmp_path / "w0" / "global-v0001.safetensors").exists()
