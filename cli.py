@@ -116,11 +116,19 @@ def broker(host: str, port: int, embedded: bool) -> None:
               help="Folder for the per-round checkpoints (OUT/<job>/round-NNNN.safetensors).")
 @click.option("--round-timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
               help="Seconds a round waits for its silos before aggregating what arrived (at least --min-clients).")
+@click.option("--mode", default="sync", show_default=True, type=click.Choice(["sync", "async"]),
+              help="sync: rounds wait for their silos; async: FedBuff, a new version every --buffer-size updates.")
+@click.option("--buffer-size", default=2, show_default=True, type=click.IntRange(1),
+              help="async: updates folded into each new model version.")
+@click.option("--max-staleness", default=4, show_default=True, type=click.IntRange(0),
+              help="async: reject updates trained on a model more than this many versions old.")
+@click.option("--fraction", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="Sample this share of the online silos for each round (at least --min-clients).")
+@click.option("--clients-per-round", default=None, type=click.IntRange(1),
+              help="Sample this many of the online silos for each round (at least --min-clients).")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
-def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: int, min_clients: int, task: str, model: str | None,
-               local_epochs: int, batch_size: int, lr: float, momentum: float, seed: int, init_weights: Path | None,
-               num_classes: int | None, out: Path, round_timeout: float, chunk_size: int) -> None:
+def aggregator(broker: str, task: str, model: str | None, batch_size: int, **options: Any) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
     from .aggregator.config import AggregatorConfig
     from .aggregator.federation import run_aggregator
@@ -129,12 +137,7 @@ def aggregator(broker: str, connect_timeout: float, job: str, db: str, rounds: i
     model = check_model(task, model or DEFAULT_MODEL[task])
     if task == "detection" and batch_size == 32:
         batch_size = 4  # detection images are large: a classification-sized default batch would not fit
-    config = AggregatorConfig(
-        broker=parse_broker_url(broker), job=job, db=db, task=task, model=model, rounds=rounds,
-        min_clients=min_clients, local_epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        seed=seed, out=out, init_weights=init_weights, num_classes=num_classes, round_timeout=round_timeout, chunk_size=chunk_size,
-        connect_timeout=connect_timeout,
-    )
+    config = AggregatorConfig(broker=parse_broker_url(broker), task=task, model=model, batch_size=batch_size, **options)
     sys.exit(run_aggregator(config))
 
 

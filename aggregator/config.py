@@ -29,6 +29,11 @@ class AggregatorConfig:
     num_classes: int | None = None
     strategy: str = "fedavg"
     round_timeout: float = 1800.0
+    mode: str = "sync"
+    buffer_size: int = 2
+    max_staleness: int = 4
+    fraction: float | None = None
+    clients_per_round: int | None = None
     codec: str = DEFAULT_CODEC
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES

@@ -41,6 +41,7 @@ from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
 from .checks import check_finite, check_tensors
 from .config import AggregatorConfig
+from .rounds import RoundBook, sample_silos
 from .strategy import Strategy, make_strategy
 
 log = logging.getLogger("fedmq.aggregator")
@@ -63,18 +64,6 @@ class GlobalModel:
     def of(cls, version: int, state: StateDict, codec: str) -> GlobalModel:
         payload = encode_state(state, codec)
         return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload))
-
-
-@dataclass
-class OpenRound:
-    number: int
-    round_id: int
-    deadline: float
-    waiting: set[str]
-    contributors: set[str] = field(default_factory=set)
-    num_samples: int = 0
-    loss_sum: float = 0.0
-    loss_samples: int = 0
 
 
 @dataclass
@@ -112,12 +101,13 @@ class Federation:
         self.job_id = 0
         self.global_model: GlobalModel | None = None
         self.next_round = 1
-        self.round: OpenRound | None = None
+        self.round: RoundBook | None = None
+        self.round_id = 0
         self.evaluations: dict[int, PendingEvaluation] = {}
         self.init_silo: str | None = None
         self.init_deadline = 0.0
         self.finishing = False
-        self.announced_round = 0  # the last round whose model went out on the broadcast topic
+        self.announced: tuple[int, set[str], bool] | None = None  # (round, silos asked, sampled) of the last broadcast
         self._last_wait_log = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
@@ -139,9 +129,13 @@ class Federation:
                      checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
             return 0
         except ConfigError:
-            # The job cannot go on as configured: tell the silos, so they stop waiting. (An interrupt
-            # leaves it running instead, to be resumed by the same command.)
+            # The job cannot go on as configured: tell the silos, so they stop waiting.
             self._set_status("failed")
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: completed rounds stay in the store; the silos keep waiting for the
+            # same command to resume the job.
+            self._mark_interrupted()
             raise
         finally:
             self.conn.close()
@@ -222,7 +216,15 @@ class Federation:
         return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
-                       max_update_bytes=c.max_update_bytes, num_classes=c.num_classes)
+                       max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode)
+
+    def _mark_interrupted(self) -> None:
+        try:
+            self.store.update_job(self.job_id, {**self.spec.model_dump(), "status": "interrupted"})
+            self.conn.set_retained(self.topics.init, self.spec.model_copy(update={"status": "interrupted"}), timeout=3)
+        except Exception as exc:  # the broker may be gone too; the store is what matters
+            log.warning("could not announce the interruption: %s", exc)
+        log.info("interrupted; run the same command again to resume job %r", self.cfg.job)
 
     def _set_status(self, status: str, **changes: Any) -> None:
         self.spec = self.spec.model_copy(update={"status": status, **changes})
@@ -249,14 +251,31 @@ class Federation:
         came_back = not (before and before.online)
         if came_back:
             log.info("silo %s is online (%d eligible)", presence.silo, len(self._eligible()))
-        if came_back and self.round is not None and presence.silo not in self.round.contributors:
-            # A late joiner or a silo that came back: send it the model of the open round directly.
-            self.round.waiting.add(presence.silo)
-            self._send_model(self.topics.model_for(presence.silo), self.round.number)
+        if self.round is not None and came_back and self.round.silo_joined(presence.silo):
+            log.info("round %d: sending the model to %s, which joined during the round", self.round.number, presence.silo)
+        self._resync(presence.silo)
+
+    def _resync(self, silo: str) -> None:
+        """Send a silo what it should be working on: the open round's model if the round waits for it,
+        and the test requests it has not answered.
+
+        Called whenever a silo announces itself online, which it also does after every reconnect:
+        what a broker restart lost (a model, a test request, an update) is asked for or sent again,
+        so no round is stuck waiting for a message that no longer exists.
+        """
+        if self.global_model is None:
+            return
+        train = self.round is not None and silo in self.round.waiting
+        unanswered = [p for p in self.evaluations.values() if silo in p.waiting]
+        if not train and not unanswered:
+            return
+        self._send_model(self.topics.model_for(silo), self.round.number if train else None)
+        for pending in unanswered:
+            self._send_test_request(pending.number, pending.digest)
 
     def _stop_waiting_for(self, silo: str) -> None:
         if self.round is not None:
-            self.round.waiting.discard(silo)
+            self.round.silo_left(silo)
         for pending in self.evaluations.values():
             pending.waiting.discard(silo)
         if silo == self.init_silo:
@@ -310,22 +329,36 @@ class Federation:
     # -- rounds -------------------------------------------------------------------------------------
     def _open_round(self, now: float) -> None:
         number = self.next_round
-        round_id = self.store.open_round(self.job_id, number)
-        self.round = OpenRound(number=number, round_id=round_id, deadline=now + self.cfg.round_timeout,
-                               waiting=self._eligible())
+        if self.announced is None or self.announced[0] != number:
+            self._announce(number)  # otherwise it went out with the previous round's test request
+        _, asked, sampled = self.announced
+        self.round_id = self.store.open_round(self.job_id, number)
+        self.round = RoundBook(number=number, min_clients=self.spec.min_clients, base_digest=self.global_model.digest,
+                               deadline=now + self.cfg.round_timeout, waiting=asked & self._eligible(), sampled=sampled)
         self.strategy.begin(self.global_model.state)
-        log.info("round %d/%d open: model v%d sent to %d silo(s)", number, self.spec.rounds,
-                 self.global_model.version, len(self.round.waiting))
-        if self.announced_round != number:  # otherwise it went out with the previous round's test request
-            self._send_model(self.topics.model, number)
+        log.info("round %d/%d open: model v%d, %d silo(s) asked%s", number, self.spec.rounds, self.global_model.version,
+                 len(self.round.waiting), " (sampled)" if sampled else "")
 
-    def _send_model(self, topic: str, train_round: int | None) -> None:
+    def _announce(self, number: int | None) -> None:
+        """Broadcast the current global model; with ``number``, ask the sampled silos to train on it for that round."""
+        if number is None:
+            self._send_model(self.topics.model, None)
+            return
+        asked, sampled = sample_silos(self._eligible(), self.cfg.fraction, self.cfg.clients_per_round,
+                                      self.spec.min_clients, self.spec.seed, number)
+        self.announced = (number, asked, sampled)
+        self._send_model(self.topics.model, number, sorted(asked) if sampled else None)
+
+    def _send_model(self, topic: str, train_round: int | None, train_silos: list[str] | None = None) -> None:
         model = self.global_model
         header = ModelSync(job=self.cfg.job, run_id=self.run_id, version=model.version, train_round=train_round,
+                           train_silos=train_silos,
                            payload=PayloadInfo(codec=self.spec.codec, size=len(model.payload), sha256=model.digest))
         self.conn.publish(topic, header, model.payload, chunk_size=self.spec.chunk_size)
-        if topic == self.topics.model and train_round is not None:
-            self.announced_round = train_round
+
+    def _send_test_request(self, number: int, digest: str) -> None:
+        self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=number,
+                                                        model_digest=digest))
 
     def _on_update(self, update: Update, payload: bytes) -> None:
         if update.run_id != self.run_id:
@@ -334,27 +367,17 @@ class Federation:
             self._on_init_update(update, payload)
             return
         current = self.round
-        if current is None or update.round != current.number:
-            open_now = f"round {current.number} is open" if current else "no round is open"
-            raise UpdateRejected(f"update for round {update.round} but {open_now}")
-        if update.silo in current.contributors:
-            raise UpdateRejected(f"duplicate update from {update.silo} for round {update.round}")
-        if update.base_digest != self.global_model.digest:
-            raise UpdateRejected("trained from a model that is not this round's global model")
-        if update.num_samples == 0:
-            raise UpdateRejected("update trained on no samples")
+        if current is None:
+            raise UpdateRejected(f"update for round {update.round} but no round is open")
+        current.admit(update.silo, update.round, update.base_digest, update.num_samples)
         state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
         check_tensors(state, self.global_model.state)
         self.strategy.add(state, float(update.num_samples))
-        current.contributors.add(update.silo)
-        current.waiting.discard(update.silo)
-        current.num_samples += update.num_samples
-        if update.train_loss is not None:
-            current.loss_sum += update.train_loss * update.num_samples
-            current.loss_samples += update.num_samples
-        self.store.record_update(self.job_id, current.round_id, update.silo, accepted=True, claimed_round=update.round,
+        current.count(update.silo, update.num_samples, update.train_loss)
+        self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
                                  num_samples=update.num_samples, train_loss=update.train_loss,
-                                 train_seconds=update.train_seconds, size=len(payload))
+                                 train_seconds=update.train_seconds, size=len(payload),
+                                 base_version=self.global_model.version, staleness=0)
         log.info("round %d: update from %s (%d samples, loss %s) [%d in, waiting for %s]", current.number, update.silo,
                  update.num_samples, _fmt(update.train_loss), len(current.contributors),
                  ", ".join(sorted(current.waiting)) or "nobody")
@@ -362,16 +385,16 @@ class Federation:
     def _reject(self, silo: str, reason: str, update: Update | None = None, size: int = 0) -> None:
         log.warning("rejected an update from %s: %s", silo, reason)
         self.store.record_update(
-            self.job_id, self.round.round_id if self.round else None, silo, accepted=False, reason=reason,
+            self.job_id, self.round_id if self.round else None, silo, accepted=False, reason=reason,
             claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
         )
 
     def _maybe_close_round(self, now: float) -> None:
         current = self.round
-        if current.waiting and now < current.deadline:
-            return
-        if len(current.contributors) >= self.spec.min_clients:
+        if current.ready(now):
             self._aggregate(current, now)
+            return
+        if current.waiting and now < current.deadline:
             return
         if now - self._last_wait_log >= WAITING_LOG_EVERY_S:
             self._last_wait_log = now
@@ -381,34 +404,35 @@ class Federation:
         if now >= current.deadline:
             current.deadline = now + self.cfg.round_timeout
 
-    def _aggregate(self, current: OpenRound, now: float) -> None:
-        self.global_model = GlobalModel.of(current.number, self.strategy.result(), self.spec.codec)
+    def _aggregate(self, current: RoundBook, now: float) -> None:
+        self._publish_version(current, self.strategy.result(), now, current.train_loss)
+
+    def _publish_version(self, current: Any, state: StateDict, now: float, train_loss: float | None) -> None:
+        """Make ``state`` the global model of round ``current.number``: checkpoint, record, test, send on."""
+        self.global_model = GlobalModel.of(current.number, state, self.spec.codec)
         path = save_checkpoint(self.global_model.state, checkpoint_path(self.cfg.out, self.cfg.job, current.number))
-        self.store.mark_aggregated(current.round_id, current.num_samples, self.global_model.digest, str(path))
+        self.store.mark_aggregated(self.round_id, current.num_samples, self.global_model.digest, str(path))
         log.info("round %d aggregated from %d silo(s), %d samples", current.number, len(current.contributors),
                  current.num_samples)
+        self.evaluations[current.number] = PendingEvaluation(
+            number=current.number, round_id=self.round_id, digest=self.global_model.digest,
+            deadline=now + self.cfg.round_timeout, waiting=self._eligible(), train_loss=train_loss,
+        )
         self.round = None
         self.next_round = current.number + 1
-        last = current.number >= self.spec.rounds
-        self.evaluations[current.number] = PendingEvaluation(
-            number=current.number, round_id=current.round_id, digest=self.global_model.digest,
-            deadline=now + self.cfg.round_timeout, waiting=self._eligible(),
-            train_loss=current.loss_sum / current.loss_samples if current.loss_samples else None,
-        )
+        self.finishing = current.number >= self.spec.rounds
         # The test request goes first: a silo evaluates the new model before it trains on it.
-        self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=current.number,
-                                                        model_digest=self.global_model.digest))
-        self._send_model(self.topics.model, None if last else current.number + 1)
-        if last:
-            self.finishing = True
+        self._send_test_request(current.number, self.global_model.digest)
+        self._announce(None if self.finishing else self.next_round)
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _on_result(self, result: TestResult) -> None:
         pending = self.evaluations.get(result.round)
-        if result.run_id != self.run_id or pending is None or result.model_digest != pending.digest:
-            raise ProtocolError(f"test result for round {result.round} that is not awaited")
-        if result.silo in pending.results:
-            raise ProtocolError(f"duplicate test result for round {result.round}")
+        if result.run_id != self.run_id or pending is None or result.model_digest != pending.digest \
+                or result.silo in pending.results:
+            # Late (the round completed without it) or repeated after a resync: nothing to record.
+            log.debug("ignored a test result from %s for round %d that is not awaited", result.silo, result.round)
+            return
         pending.results[result.silo] = (result.num_samples, dict(result.metrics))
         pending.waiting.discard(result.silo)
         self.store.record_evaluation(pending.round_id, result.silo, result.num_samples, dict(result.metrics))
@@ -447,8 +471,11 @@ def _fmt(value: float | None) -> str:
 
 
 def run_aggregator(config: AggregatorConfig) -> int:
+    from .buffered import BufferedFederation
+
     store = Store(config.db)
     try:
-        return Federation(config, store).run()
+        kind = BufferedFederation if config.mode == "async" else Federation
+        return kind(config, store).run()
     finally:
         store.close()

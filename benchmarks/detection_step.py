@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from fedmq.edge_client.data.coco import collate_detection, detection_labels, synth_detection
 from fedmq.edge_client.detection import DetectionTask
 from fedmq.schemas import JobSpec, encode_state
+from torch.utils.data import DataLoader
 
 MODELS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")
 

@@ -57,9 +57,11 @@ class Connection:
         self.subscriptions = list(subscriptions)
         self.inbox: queue.Queue[Incoming] = queue.Queue()
         self._reassembler = Reassembler(max_message_bytes)
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # set once the first connection succeeded
+        self._online = threading.Event()  # set while connected
         self._refusal: str | None = None
         self._retained: dict[str, bytes] = {}
+        self.epoch = 0  # counts successful (re)connections: a change means messages may have been lost
         self._retained_lock = threading.Lock()
         client_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self._client = mqtt.Client(
@@ -123,23 +125,43 @@ class Connection:
         broker retains only the last packet of a topic.
         """
         chunks = [_single_chunk(header)] if retain else encode_chunks(header, payload, chunk_size)
-        infos = [self._client.publish(topic, chunk, qos=QOS, retain=retain) for chunk in chunks]
-        self._wait(topic, infos, timeout)
+        self._send(topic, chunks, retain, timeout)
         return sum(len(c) for c in chunks)
 
-    def _wait(self, topic: str, infos: list[mqtt.MQTTMessageInfo], timeout: float) -> None:
+    def _send(self, topic: str, chunks: list[bytes], retain: bool, timeout: float) -> None:
+        """Send chunks and wait for every acknowledgement, sending them all again if the connection
+        drops on the way: a reconnect may have lost what was in flight. The receiver drops partial
+        messages after a time limit, and the layers above drop a message that arrives twice."""
         deadline = time.monotonic() + timeout
+        while True:
+            if not self._online.wait(timeout=max(0.0, deadline - time.monotonic())):
+                raise BrokerError(f"not connected to the broker at {self.url}; could not publish to {topic} "
+                                  f"within {timeout:.0f} s", hint="check that the broker is up")
+            epoch = self.epoch
+            infos = [self._client.publish(topic, chunk, qos=QOS, retain=retain) for chunk in chunks]
+            if self._acknowledged(topic, infos, epoch, deadline, timeout):
+                return
+            log.info("the connection dropped while publishing to %s; sending again once reconnected", topic)
+
+    def _acknowledged(self, topic: str, infos: list[mqtt.MQTTMessageInfo], epoch: int, deadline: float,
+                      timeout: float) -> bool:
+        """True once the broker acknowledged all; False if the connection dropped first."""
         for info in infos:
-            remaining = deadline - time.monotonic()
-            try:
-                info.wait_for_publish(timeout=max(0.0, remaining))
-            except (RuntimeError, ValueError) as exc:
-                raise BrokerError(f"publishing to {topic} failed: {exc}", hint="check the broker") from None
-            if not info.is_published():
-                raise BrokerError(
-                    f"the broker did not acknowledge a message on {topic} within {timeout:.0f} s",
-                    hint="check that the broker is up and accepts packets of the chunk size",
-                )
+            while not info.is_published():
+                if self.epoch != epoch or not self._online.is_set():
+                    return False
+                if time.monotonic() >= deadline:
+                    raise BrokerError(
+                        f"the broker did not acknowledge a message on {topic} within {timeout:.0f} s",
+                        hint="check that the broker is up and accepts packets of the chunk size",
+                    )
+                try:
+                    info.wait_for_publish(timeout=0.5)
+                except RuntimeError:  # paho: not connected; the loop above sees the drop
+                    time.sleep(0.1)
+                except ValueError as exc:
+                    raise BrokerError(f"publishing to {topic} failed: {exc}", hint="check the broker") from None
+        return True
 
     def set_retained(self, topic: str, header: Message, timeout: float = 30.0) -> None:
         """Publish a retained one-chunk message now and again after every reconnect.
@@ -150,7 +172,7 @@ class Connection:
         chunk = _single_chunk(header)
         with self._retained_lock:
             self._retained[topic] = chunk
-        self._wait(topic, [self._client.publish(topic, chunk, qos=QOS, retain=True)], timeout)
+        self._send(topic, [chunk], retain=True, timeout=timeout)
 
     def clear_retained(self, topic: str) -> None:
         with self._retained_lock:
@@ -177,9 +199,12 @@ class Connection:
                 client.publish(topic, chunk, qos=QOS, retain=True)
         if self._connected.is_set():
             log.info("reconnected to %s", self.url)
+        self.epoch += 1
         self._connected.set()
+        self._online.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
+        self._online.clear()
         if reason_code.value != 0:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
 

@@ -79,7 +79,8 @@ def start_mosquitto(host: str, port: int, workdir: Path | None = None, log_file:
     """Start Mosquitto in the background on host:port and wait until it listens."""
     binary = mosquitto_binary()
     if binary is None:
-        raise BrokerError("mosquitto is not installed", hint="apt-get install mosquitto, or run `fedmq broker`, which falls back to amqtt")
+        raise BrokerError("mosquitto is not installed",
+                          hint="apt-get install mosquitto, or run `fedmq broker`, which falls back to amqtt")
     check_port_free(host, port)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-broker-"))
     workdir.mkdir(parents=True, exist_ok=True)

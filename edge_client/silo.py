@@ -59,6 +59,11 @@ class RunState:
     models: dict[str, tuple[int, StateDict]] = field(default_factory=dict)  # digest -> (version, weights)
     pending_tests: dict[str, int] = field(default_factory=dict)  # digest -> round
     trained_round: int = 0
+    # What was last sent, kept to send again when the aggregator asks anew (a broker restart may have lost it).
+    last_update: tuple[Update, bytes] | None = None
+    results: dict[int, TestResult] = field(default_factory=dict)
+    # async mode: the newest model and the version it is meant to make; trained on again and again
+    async_target: tuple[int, str] | None = None
 
 
 class SiloClient:
@@ -89,7 +94,13 @@ class SiloClient:
                  self.task.name, len(self.task.labels), self.cfg.job)
         try:
             while True:
-                incoming = self.conn.receive(timeout=1.0)
+                state = self.run_state
+                keep_training = state is not None and state.async_target is not None and state.spec.status == "running"
+                incoming = self.conn.receive(timeout=0.0 if keep_training else 1.0)
+                if incoming is None and keep_training:
+                    # async mode: nothing to answer first, so train again on the newest model
+                    self._train(state, *state.async_target)
+                    continue
                 if isinstance(incoming, Refused):
                     log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
                 elif incoming is not None:
@@ -119,8 +130,7 @@ class SiloClient:
             elif isinstance(header, ModelSync):
                 self._on_model(state, header, envelope.payload)
             elif isinstance(header, TestRequest):
-                state.pending_tests[header.model_digest] = header.round
-                self._run_pending_tests(state)
+                self._on_test_request(state, header)
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
         return None
@@ -136,6 +146,11 @@ class SiloClient:
                 return 0
             log.info("job %r has %s (an earlier run); waiting for the aggregator to start a new one",
                      spec.job, spec.status)
+            return None
+        if spec.status == "interrupted":
+            if self.run_state is not None and self.run_state.spec.run_id == spec.run_id:
+                self.run_state.spec = spec  # stops continuous (async) training until the job resumes
+            log.info("the aggregator of job %r stopped; waiting for it to resume", spec.job)
             return None
         if spec.task != self.task.name:
             raise DataError(f"job {spec.job!r} is a {spec.task} job but {self.cfg.data} holds {self.task.name} data",
@@ -170,8 +185,26 @@ class SiloClient:
             save_file({k: v.contiguous() for k, v in weights.items()},
                       str(self.work_dir / f"global-v{sync.version:04d}.safetensors"))
         self._run_pending_tests(state)
-        if sync.train_round is not None and sync.train_round > state.trained_round:
+        if state.spec.mode == "async":
+            # The run loop trains on the newest model whenever it has nothing to answer; none: stop.
+            state.async_target = None if sync.train_round is None else (sync.train_round, digest)
+        elif sync.train_round is None:
+            return
+        elif sync.train_silos is not None and self.cfg.silo not in sync.train_silos:
+            log.info("round %d: not sampled this round; waiting", sync.train_round)
+        elif sync.train_round > state.trained_round:
             self._train(state, sync.train_round, digest)
+        elif state.last_update and (state.last_update[0].round, state.last_update[0].base_digest) == (sync.train_round, digest):
+            log.info("round %d: asked again; sending the same update again", sync.train_round)
+            self._publish_update(*state.last_update, state.spec.chunk_size)
+
+    def _on_test_request(self, state: RunState, request: TestRequest) -> None:
+        answered = state.results.get(request.round)
+        if answered is not None and answered.model_digest == request.model_digest:
+            self.conn.publish(self.topics.result(self.cfg.silo), answered)
+            return
+        state.pending_tests[request.model_digest] = request.round
+        self._run_pending_tests(state)
 
     def _load(self, state: RunState, digest: str) -> None:
         try:
@@ -201,7 +234,11 @@ class SiloClient:
         header = Update(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
                         base_digest=base_digest, num_samples=num_samples, train_loss=loss, train_seconds=seconds,
                         payload=PayloadInfo(codec=state.spec.codec, size=len(payload), sha256=sha256_hex(payload)))
-        self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=state.spec.chunk_size)
+        state.last_update = (header, payload)
+        self._publish_update(header, payload, state.spec.chunk_size)
+
+    def _publish_update(self, header: Update, payload: bytes, chunk_size: int) -> None:
+        self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=chunk_size)
 
     def _run_pending_tests(self, state: RunState) -> None:
         for digest in [d for d in state.pending_tests if d in state.models]:
@@ -210,6 +247,7 @@ class SiloClient:
             num_samples, metrics = self.task.evaluate(state.model)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no test data"
             log.info("round %d: evaluated the global model on %d test samples: %s", round_number, num_samples, shown)
-            self.conn.publish(self.topics.result(self.cfg.silo), TestResult(
-                job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
-                model_digest=digest, num_samples=num_samples, metrics=metrics))
+            result = TestResult(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
+                                model_digest=digest, num_samples=num_samples, metrics=metrics)
+            state.results = {round_number: result}  # only the newest is ever asked for again
+            self.conn.publish(self.topics.result(self.cfg.silo), result)

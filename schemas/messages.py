@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -57,6 +57,7 @@ class JobSpec(_RunHeader):
     fixed ``labels`` (the sorted union of the labels the silos announced), so every silo maps a
     class name to the same output index even when its own data lacks some classes. It turns to
     ``finished`` (or ``failed``) at the end; the spec stays retained so a late silo learns that too.
+    ``interrupted`` means the aggregator was stopped and will resume: silos wait for it.
     ``num_classes``, when set, sizes the model's output beyond the labels (say, to load a
     checkpoint trained on more classes).
     """
@@ -67,7 +68,7 @@ class JobSpec(_RunHeader):
         return self.num_classes or len(self.labels or ())
 
     type: Literal["job"] = "job"
-    status: Literal["waiting", "running", "finished", "failed"] = "waiting"
+    status: Literal["waiting", "running", "interrupted", "finished", "failed"] = "waiting"
     task: Task = "classification"
     model: Annotated[str, Field(max_length=64)]
     labels: Labels | None = None
@@ -76,6 +77,7 @@ class JobSpec(_RunHeader):
     min_clients: Annotated[int, Field(ge=1)]
     local_epochs: Annotated[int, Field(ge=0, le=10_000)]
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    mode: Literal["sync", "async"] = "sync"
     lr: Annotated[float, Field(gt=0, le=100)]
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     seed: int
@@ -93,11 +95,13 @@ class InitRequest(_RunHeader):
 
 class ModelSync(_RunHeader):
     """Global model ``version`` (0 = initial, r = after round r). Train on it for ``train_round``
-    when set; ``None`` means the job has no more rounds and the model is only to be evaluated."""
+    when set; ``None`` means the model is only to be evaluated (or the job has no more rounds).
+    ``train_silos`` names the silos sampled for the round; ``None`` means every silo trains."""
 
     type: Literal["model"] = "model"
     version: Count
     train_round: Annotated[int, Field(ge=1)] | None
+    train_silos: Annotated[list[Name], Field(max_length=5_000)] | None = None
     payload: PayloadInfo
 
 
@@ -168,7 +172,7 @@ class Presence(_Header):
 
 
 Message = Annotated[
-    Union[JobSpec, InitRequest, ModelSync, TestRequest, Update, TestResult, Presence],
+    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

@@ -6,14 +6,14 @@ A round is ``open`` (training) -> ``evaluating`` (aggregated, the new model is b
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -73,6 +73,9 @@ class UpdateRecord(Base):
     bytes: Mapped[int] = mapped_column(Integer, default=0)
     accepted: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(Text)
+    base_version: Mapped[int | None] = mapped_column(Integer)  # the global model version it trained from
+    staleness: Mapped[int | None] = mapped_column(Integer)  # versions the global model moved on since
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False)  # its round was reopened after a restart
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     round: Mapped[Round | None] = relationship(back_populates="updates")

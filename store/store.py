@@ -105,12 +105,23 @@ class Store:
         with self.session() as s, s.begin():
             existing = s.scalar(select(Round).where(Round.job_id == job_id, Round.number == number))
             if existing is not None:
-                existing.status, existing.started_at = "open", utcnow()
+                self._reset_round(s, existing)
                 return existing.id
             row = Round(job_id=job_id, number=number, status="open")
             s.add(row)
             s.flush()
             return row.id
+
+    @staticmethod
+    def _reset_round(s: Session, row: Round) -> None:
+        """A round reopened after an aggregator restart starts clean: what it had counted was never
+        aggregated into a completed round, so it is marked superseded (kept, not counted)."""
+        row.status, row.started_at, row.aggregated_at, row.finished_at = "open", utcnow(), None, None
+        row.num_samples, row.model_digest, row.checkpoint, row.metrics = 0, None, None, {}
+        for update in s.scalars(select(UpdateRecord).where(UpdateRecord.round_id == row.id)):
+            update.superseded = True
+        for evaluation in s.scalars(select(Evaluation).where(Evaluation.round_id == row.id)):
+            s.delete(evaluation)
 
     def mark_aggregated(self, round_id: int, num_samples: int, model_digest: str, checkpoint: str) -> None:
         with self.session() as s, s.begin():
@@ -137,11 +148,13 @@ class Store:
     # -- updates, evaluations, silos -----------------------------------------------------------------
     def record_update(self, job_id: int, round_id: int | None, silo: str, *, accepted: bool, reason: str | None = None,
                       claimed_round: int | None = None, num_samples: int = 0, train_loss: float | None = None,
-                      train_seconds: float | None = None, size: int = 0) -> None:
+                      train_seconds: float | None = None, size: int = 0, base_version: int | None = None,
+                      staleness: int | None = None) -> None:
         with self.session() as s, s.begin():
             s.add(UpdateRecord(job_id=job_id, round_id=round_id, silo=silo, accepted=accepted, reason=reason,
                                claimed_round=claimed_round, num_samples=num_samples, train_loss=train_loss,
-                               train_seconds=train_seconds, bytes=size))
+                               train_seconds=train_seconds, bytes=size, base_version=base_version,
+                               staleness=staleness))
 
     def record_evaluation(self, round_id: int, silo: str, num_samples: int, metrics: dict[str, float]) -> bool:
         """Record a silo's evaluation once; a repeat for the same round and silo is ignored (False)."""
@@ -191,14 +204,17 @@ class Store:
 
 
 def _round_dict(r: Round) -> dict[str, Any]:
-    accepted = [u for u in r.updates if u.accepted]
+    current = [u for u in r.updates if not u.superseded]
+    accepted = [u for u in current if u.accepted]
     return {
         "round": r.number,
         "status": r.status,
-        "clients": sorted(u.silo for u in accepted),
+        "clients": sorted({u.silo for u in accepted}),
+        "contributions": [{"silo": u.silo, "num_samples": u.num_samples, "base_version": u.base_version,
+                           "staleness": u.staleness, "train_loss": u.train_loss, "bytes": u.bytes} for u in accepted],
         "num_samples": r.num_samples,
         "metrics": dict(r.metrics or {}),
-        "rejected": sum(1 for u in r.updates if not u.accepted),
+        "rejected": sum(1 for u in current if not u.accepted),
         "model_digest": r.model_digest,
         "checkpoint": r.checkpoint,
         "evaluations": {e.silo: {"num_samples": e.num_samples, **e.metrics} for e in r.evaluations},

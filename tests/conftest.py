@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from fedmq.broker.server import free_port, mosquitto_binary, start_mosquitto
 from fedmq.broker.url import BrokerUrl
 

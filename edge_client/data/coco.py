@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedmq.errors import ConfigError, DataError
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
-
-from fedmq.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ model's channels (grey or colour) and resized to its input size as they are read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

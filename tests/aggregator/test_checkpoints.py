@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from fedmq.aggregator.checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
 from fedmq.errors import ConfigError, StoreError
+from safetensors.torch import save_file
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(4)}
 

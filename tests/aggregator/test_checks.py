@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fedmq.aggregator.checks import check_tensors
 from fedmq.errors import UpdateRejected
 

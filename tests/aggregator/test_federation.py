@@ -6,14 +6,20 @@ import threading
 from pathlib import Path
 
 import torch
-
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.federation import Federation
 from fedmq.broker.connection import Connection
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
 from fedmq.schemas import (
-    ModelSync, PayloadInfo, Presence, Topics, Update, decode_state, encode_state, sha256_hex,
+    ModelSync,
+    PayloadInfo,
+    Presence,
+    Topics,
+    Update,
+    decode_state,
+    encode_state,
+    sha256_hex,
 )
 from fedmq.store import Store
 
@@ -97,9 +103,8 @@ def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, t
 
 
 def _updates(store: Store):
-    from sqlalchemy import select
-
     from fedmq.store.models import UpdateRecord
+    from sqlalchemy import select
 
     with store.session() as s:
         return s.scalars(select(UpdateRecord).order_by(UpdateRecord.id)).all()

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import torch
+from fedmq.aggregator.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fedmq.aggregator.strategy import FedAvg
 
 
 def _state(value: float, batches: int) -> dict[str, torch.Tensor]:

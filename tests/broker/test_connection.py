@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import torch
-
 from fedmq.broker.connection import Connection, Refused
 from fedmq.schemas import JobSpec, ModelSync, PayloadInfo, Presence, Topics, decode_state, encode_state, sha256_hex
 
@@ -46,7 +45,8 @@ def test_garbage_arrives_as_a_refusal_not_a_crash(mosquitto) -> None:
     receiver = _conn(mosquitto.url, "rx", [topics.all_updates])
     sender = _conn(mosquitto.url, "tx", [])
     try:
-        sender._client.publish(topics.update("x"), b"\x00not a fedmq message at all, just some bytes on the wire", qos=1).wait_for_publish(5)
+        junk = b"\x00not a fedmq message at all, just some bytes on the wire"
+        sender._client.publish(topics.update("x"), junk, qos=1).wait_for_publish(5)
         got = receiver.receive(timeout=10)
         assert isinstance(got, Refused) and "magic" in got.reason
         assert receiver.connected, "the connection survives garbage"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedmq.broker.connection import Connection
 from fedmq.broker.server import free_port, wait_for_port
 from fedmq.broker.url import BrokerUrl, parse_broker_url

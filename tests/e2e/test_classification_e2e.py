@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fedmq.broker.server import free_port, wait_for_port
-
 
 pytestmark = pytest.mark.e2e
 HOST = "127.0.0.1"

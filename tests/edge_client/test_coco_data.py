@@ -11,9 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools.coco import COCO
-
 from fedmq.edge_client.coco_metrics import coco_bbox_metrics, predictions_to_detections
 from fedmq.edge_client.data.coco import (
     CocoDetectionDataset,
@@ -24,6 +21,8 @@ from fedmq.edge_client.data.coco import (
     synth_detection,
 )
 from fedmq.errors import ConfigError, DataError
+from PIL import Image
+from pycocotools.coco import COCO
 
 SHAPE_COLOUR_CHANNEL = {"circle": 0, "square": 1, "triangle": 2}  # red, green, blue
 

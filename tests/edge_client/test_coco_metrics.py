@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from fedmq.edge_client.coco_metrics import STAT_NAMES, coco_bbox_metrics, predictions_to_detections
 
 GROUND_TRUTH = {

@@ -6,15 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from PIL import Image
-
 from fedmq.edge_client.data.image_folder import ImageFolderSplit, folder_labels
 from fedmq.edge_client.data.partition import assign_silos
 from fedmq.edge_client.data.split_folder import split_folder
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.errors import ConfigError, DataError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 
 def _image(path: Path, size: tuple[int, int] = (20, 10), mode: str = "RGB") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedmq.broker.url import BrokerUrl
 from fedmq.edge_client.data.coco import synth_detection
 from fedmq.edge_client.data.synth_classification import synth_classification

@@ -12,16 +12,15 @@ import pickle
 import struct
 import tracemalloc
 
+import fedmq.schemas.codec as codec_module
 import pytest
 import torch
 import zstandard
+from fedmq.errors import ProtocolError
+from fedmq.schemas.codec import DEFAULT_CODEC, decode_state, encode_state, raw_size, sha256_hex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
-
-import fedmq.schemas.codec as codec_module
-from fedmq.errors import ProtocolError
-from fedmq.schemas.codec import DEFAULT_CODEC, decode_state, encode_state, raw_size, sha256_hex
 
 CODEC = "safetensors+zstd"
 BIG = 1 << 30

@@ -10,9 +10,6 @@ import tracemalloc
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fedmq.errors import ProtocolError
 from fedmq.schemas.framing import (
     MAGIC,
@@ -25,6 +22,8 @@ from fedmq.schemas.framing import (
     unpack_message,
 )
 from fedmq.schemas.messages import PayloadInfo, Presence, TestRequest, Update, dump_header
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PREFIX = struct.Struct("!4s16sII")
 FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

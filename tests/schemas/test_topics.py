@@ -6,12 +6,11 @@ import json
 import re
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
 from fedmq.errors import ConfigError, ProtocolError
 from fedmq.schemas.messages import parse_header
 from fedmq.schemas.topics import ROOT, Topics, check_name
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 valid_names = st.from_regex(re.compile(NAME_RE), fullmatch=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedmq.errors import StoreError
 from fedmq.store import Store
 
