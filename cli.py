@@ -44,7 +44,15 @@ def _broker_option(f: Any) -> Any:
     from .broker.url import BROKER_ENV, DEFAULT_BROKER
 
     return click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
-                        help=f"MQTT broker URL, mqtt://[user:password@]host:port (or ${BROKER_ENV}).")(f)
+                        help=f"MQTT broker URL, mqtt://[user:password@]host:port, mqtts:// for TLS (or ${BROKER_ENV}).")(f)
+
+
+def _ca_file_option(f: Any) -> Any:
+    from .broker.url import CA_FILE_ENV
+
+    return click.option("--ca-file", envvar=CA_FILE_ENV, type=click.Path(path_type=Path, dir_okay=False),
+                        help=f"With mqtts://: the CA that signed the broker's certificate, e.g. TLS_DIR/ca.crt "
+                             f"(or ${CA_FILE_ENV}); default: the system's CAs.")(f)
 
 
 def _connect_timeout_option(f: Any) -> Any:
@@ -72,24 +80,89 @@ def _check_job(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.version_option(__version__, prog_name="fedmq")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def cli(log_level: str) -> None:
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also append the log to this file (stderr still gets it).")
+def cli(log_level: str, log_file: Path | None) -> None:
     """Cross-silo federated learning over MQTT: one aggregator, many silos, only a broker between them."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}", hint="check the --log-file path") from None
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, handlers=handlers)
 
 
 # -- broker ----------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=1883, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="[default: 1883, 8883 with --tls-dir]")
 @click.option("--embedded", is_flag=True, help="Use the embedded Python broker (amqtt) even when Mosquitto is installed.")
-def broker(host: str, port: int, embedded: bool) -> None:
+@click.option("--auth-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Require logins: make (once) or reuse credentials, an ACL and signing keys in this folder (Mosquitto only).")
+@click.option("--silos", default="", help="With --auth-dir: comma-separated silo names to add credentials and keys for.")
+@click.option("--job", "acl_job", default="+", show_default=True,
+              help="With --auth-dir: confine every credential to this job's topics; '+': every job.")
+@click.option("--tls-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Listen with TLS only: make (once) or reuse a private CA (ca.crt, for clients) and a server certificate here.")
+def broker(host: str, port: int | None, embedded: bool, auth_dir: Path | None, silos: str, acl_job: str,
+           tls_dir: Path | None) -> None:
     """Run an MQTT broker in the foreground: Mosquitto when installed, else an embedded one."""
+    from .broker.secure import prepare_security
     from .broker.server import run_broker
 
-    sys.exit(run_broker(host, port, embedded=embedded))
+    port = port or (8883 if tls_dir else 1883)
+    security = prepare_security(host, port, auth_dir, silos=silos, job=acl_job, tls_dir=tls_dir)
+    if security.instructions:
+        click.echo(security.instructions, err=True)
+    sys.exit(run_broker(host, port, embedded=embedded, auth=security.auth, tls=security.tls))
+
+
+# -- keys ------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--auth-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Write the keys to AUTH_DIR/keys/<silo>.key (private, 0600) and <silo>.pub.")
+@click.option("--silos", required=True, help="Comma-separated silo names.")
+def keys(auth_dir: Path, silos: str) -> None:
+    """Make Ed25519 signing keys for silos (once: existing keys are kept)."""
+    from .broker.secure import make_keys
+
+    click.echo(make_keys(auth_dir, silos))
 
 
 # -- aggregator ------------------------------------------------------------------------------------
+STRATEGY_FIELDS = ("name", "trim", "krum_f", "krum_m", "clip_norm", "server_lr", "beta1", "beta2", "tau",
+                   "dp_clip", "dp_noise", "dp_delta")
+
+
+def _strategy_options(f: Any) -> Any:
+    from .aggregator.strategies import STRATEGY_NAMES
+
+    positive = click.FloatRange(0, min_open=True)
+    options = [
+        click.option("--strategy", "name", default="fedavg", show_default=True, type=click.Choice(STRATEGY_NAMES),
+                     help="How updates become the new model: fedavg; fedprox (with --mu); robust median, "
+                          "trimmed-mean, krum, multi-krum; server optimisers fedadam, fedyogi, fedadagrad."),
+        click.option("--mu", default=0.0, type=click.FloatRange(0), help="fedprox: the silos' proximal weight."),
+        click.option("--trim", type=click.FloatRange(0, 0.5, max_open=True),
+                     help="trimmed-mean: fraction cut from each side per coordinate (default 0.1)."),
+        click.option("--krum-f", type=click.IntRange(0), help="krum, multi-krum: byzantine updates tolerated."),
+        click.option("--krum-m", type=click.IntRange(1), help="multi-krum: best-scored updates averaged (default n-f)."),
+        click.option("--clip-norm", type=positive, help="Clip each update's change to this L2 norm (any strategy)."),
+        click.option("--server-lr", type=positive, help="Server step size (1.0; 0.01 for fedadam/fedyogi/fedadagrad)."),
+        click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), help="fedadam/fedyogi/fedadagrad (0.9)."),
+        click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), help="fedadam/fedyogi (0.99)."),
+        click.option("--tau", type=positive, help="Adaptive optimisers' epsilon (1e-3)."),
+        click.option("--dp-clip", type=positive, help="DP-FedAvg: clip each update's change to this norm C."),
+        click.option("--dp-noise", type=click.FloatRange(0), help="DP-FedAvg: noise multiplier z (std z*C/n)."),
+        click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="DP-FedAvg: the delta at which epsilon is reported (1e-5)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @_broker_option
 @_connect_timeout_option
@@ -128,7 +201,12 @@ def broker(host: str, port: int, embedded: bool) -> None:
               help="Sample this many of the online silos for each round (at least --min-clients).")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
-def aggregator(broker: str, task: str, model: str | None, batch_size: int, **options: Any) -> None:
+@click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
+@_ca_file_option
+@_strategy_options
+def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, batch_size: int, **options: Any) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
     from .aggregator.config import AggregatorConfig
     from .aggregator.federation import run_aggregator
@@ -137,7 +215,11 @@ def aggregator(broker: str, task: str, model: str | None, batch_size: int, **opt
     model = check_model(task, model or DEFAULT_MODEL[task])
     if task == "detection" and batch_size == 32:
         batch_size = 4  # detection images are large: a classification-sized default batch would not fit
-    config = AggregatorConfig(broker=parse_broker_url(broker), task=task, model=model, batch_size=batch_size, **options)
+    from .aggregator.strategies import StrategyOptions
+
+    strategy = StrategyOptions(**{name: options.pop(name) for name in STRATEGY_FIELDS})
+    config = AggregatorConfig(broker=parse_broker_url(broker, ca_file), task=task, model=model, batch_size=batch_size,
+                              strategy=strategy, **options)
     sys.exit(run_aggregator(config))
 
 
@@ -152,14 +234,18 @@ def aggregator(broker: str, task: str, model: str | None, batch_size: int, **opt
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
 @click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
-def client(broker: str, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None,
-           device: str) -> None:
+@click.option("--signing-key", envvar="FEDMQ_SIGNING_KEY", type=click.Path(path_type=Path, dir_okay=False),
+              help="This silo's Ed25519 private key (AUTH_DIR/keys/<silo>.key), for jobs run with --sign.")
+@_ca_file_option
+def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None,
+           device: str, signing_key: Path | None) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
     from .broker.url import parse_broker_url
     from .edge_client.silo import ClientConfig, SiloClient
 
-    config = ClientConfig(broker=parse_broker_url(broker), silo=check_name("silo", silo), data=data, job=job,
-                          work_dir=work_dir, connect_timeout=connect_timeout, device=device)
+    config = ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=data, job=job,
+                          work_dir=work_dir, connect_timeout=connect_timeout, device=device,
+                          signing_key=signing_key)
     sys.exit(SiloClient(config).run())
 
 
@@ -168,12 +254,54 @@ def client(broker: str, connect_timeout: float, job: str, silo: str, data: Path,
 @_db_option
 @click.option("--job", default=None, callback=_check_job, help="The job whose rounds to show; default: list the jobs "
               "(or the only job's rounds when there is one).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array with one object per round.")
-def history(db: str, job: str | None, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array with one object per round (or the --round).")
+@click.option("--round", "round_number", type=click.IntRange(1),
+              help="Show this round in detail: each silo's update (accepted or rejected, why) and evaluation.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="Write the rounds as CSV to this file ('-': stdout), one row per round.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Draw the rounds into this image (.png): metrics per round and per silo, silos per round.")
+def history(db: str, job: str | None, as_json: bool, round_number: int | None, csv_path: Path | None,
+            plot_path: Path | None) -> None:
     """Show the rounds of a job as recorded in the store."""
     from .history import print_history
 
-    print_history(db, job, as_json)
+    print_history(db, job, as_json, round_number=round_number, csv_path=csv_path, plot_path=plot_path)
+
+
+# -- status ----------------------------------------------------------------------------------------
+@cli.command()
+@_broker_option
+@_job_option
+@click.option("--timeout", default=1.5, show_default=True, type=click.FloatRange(0.1, 60),
+              help="Seconds to collect the broker's retained messages.")
+@click.option("--connect-timeout", default=5.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to keep trying to reach the broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@_ca_file_option
+def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
+    """Show a job live, from the broker: its spec, the silos online, the current round and its deadline."""
+    from .broker.url import parse_broker_url
+    from .status import print_status
+
+    print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=as_json)
+
+
+# -- export ----------------------------------------------------------------------------------------
+@cli.command()
+@_db_option
+@_job_option
+@click.option("--round", "round_number", type=click.IntRange(0),
+              help="The round whose global model to export (0: the initial model); default the last completed.")
+@click.option("--out-dir", default=Path("fedmq-out"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The aggregator's --out: where the round checkpoints are.")
+@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The file to write: model.pt (torch.save of the state dict) or model.safetensors.")
+def export(db: str, job: str, round_number: int | None, out_dir: Path, out_file: Path) -> None:
+    """Export a round's global model as a plain state dict, loadable with torchvision's own constructor."""
+    from .export import export_model
+
+    export_model(db, job, round_number, out_dir, out_file)
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -18,10 +18,9 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UpdateRejected
-from ..schemas import StateDict, Update, decode_state
+from ..schemas import Update, decode_state
 from .checks import check_tensors
 from .federation import Federation, GlobalModel
-from .strategy import FedAvg
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -44,6 +43,10 @@ class Buffer:
     loss_samples: int = 0
 
     @property
+    def train_loss(self) -> float | None:
+        return self.loss_sum / self.loss_samples if self.loss_samples else None
+
+    @property
     def contributors(self) -> set[str]:
         return {silo for silo, _, _ in self.contributions}
 
@@ -53,12 +56,6 @@ class Buffer:
 
     def silo_left(self, silo: str) -> None:
         self.waiting.discard(silo)
-
-
-def delta(state: StateDict, base: StateDict) -> StateDict:
-    """``state - base`` in a dtype that holds it (integer buffers too)."""
-    return {k: state[k].double() - base[k].double() if not state[k].is_floating_point() else state[k] - base[k]
-            for k in state}
 
 
 class BufferedFederation(Federation):
@@ -78,7 +75,6 @@ class BufferedFederation(Federation):
         self._remember(self.global_model)
         self.round_id = self.store.open_round(self.job_id, number)
         self.round = Buffer(number=number, waiting=self._eligible())
-        self.strategy = FedAvg()
         self.strategy.begin(self.global_model.state)
         if self.announced is None or self.announced[0] != number:
             self.announced = (number, set(self.round.waiting), False)
@@ -107,7 +103,7 @@ class BufferedFederation(Federation):
             raise UpdateRejected("update trained on no samples")
         state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
         check_tensors(state, base.state)
-        self.strategy.add(delta(state, base.state), update.num_samples * staleness_weight(staleness))
+        self.strategy.add(state, update.num_samples * staleness_weight(staleness), base=base.state, silo=update.silo)
         buffer.seen.add(update.payload.sha256)
         buffer.contributions.append((update.silo, base.version, staleness))
         buffer.num_samples += update.num_samples
@@ -126,8 +122,6 @@ class BufferedFederation(Federation):
             self._aggregate(self.round, now)
 
     def _aggregate(self, current: Buffer, now: float) -> None:
-        step = self.strategy.result()  # the weighted mean delta, in each tensor's own dtype
-        state = {k: (v + step[k].to(v.dtype)) for k, v in self.global_model.state.items()}
-        self._publish_version(current, state, now, current.loss_sum / current.loss_samples if current.loss_samples else None)
+        super()._aggregate(current, now)
         if not self.finishing:
             self._open_round(now)  # at once: silos keep sending, and none of it should find no buffer open

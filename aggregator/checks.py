@@ -34,6 +34,13 @@ def check_finite(state: StateDict) -> None:
             raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
 
 
+def update_size_limit(state: StateDict) -> int:
+    """The most bytes an update of this model may take on the wire or once decompressed:
+    its raw tensors, plus room for the container's header and a tiny compression overhead."""
+    raw = sum(t.numel() * t.element_size() for t in state.values())
+    return int(raw * 1.05) + 64 * len(state) + (1 << 20)
+
+
 def _few(names: set[str], limit: int = 3) -> str:
     shown = sorted(names)[:limit]
     more = len(names) - len(shown)

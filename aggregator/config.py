@@ -8,6 +8,7 @@ from pathlib import Path
 from ..broker.url import BrokerUrl
 from ..schemas import DEFAULT_CHUNK_SIZE, DEFAULT_CODEC, DEFAULT_MAX_PAYLOAD_BYTES
 from ..store import DEFAULT_DB
+from .strategies import StrategyOptions
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class AggregatorConfig:
     out: Path = field(default_factory=lambda: Path("fedmq-out"))
     init_weights: Path | None = None
     num_classes: int | None = None
-    strategy: str = "fedavg"
+    strategy: StrategyOptions = field(default_factory=StrategyOptions)
+    mu: float = 0.0  # FedProx's proximal weight, applied by the silos (with strategy fedprox)
     round_timeout: float = 1800.0
     mode: str = "sync"
     buffer_size: int = 2
@@ -38,3 +40,6 @@ class AggregatorConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     connect_timeout: float = 30.0
+    stall_timeout: float = 120.0  # a partial update that gets no chunk for this long is dropped and rejected
+    sign: bool = False  # require updates and results signed by the silos' registered keys
+    keys_dir: Path | None = None  # folder of <silo>.pub files

@@ -16,10 +16,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..broker.connection import Connection, Refused
-from ..errors import ConfigError, ProtocolError, UpdateRejected
+from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
 from ..schemas import (
     Envelope,
     JobSpec,
@@ -36,19 +37,23 @@ from ..schemas import (
     sha256_hex,
 )
 from ..schemas.catalog import check_model
-from ..schemas.messages import InitRequest
+from ..schemas.messages import InitRequest, RoundStatus
+from ..schemas.signing import verify
 from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
-from .checks import check_finite, check_tensors
+from .checks import check_finite, check_tensors, update_size_limit
 from .config import AggregatorConfig
 from .rounds import RoundBook, sample_silos
-from .strategy import Strategy, make_strategy
+from .strategies import Strategy, make_strategy
 
 log = logging.getLogger("fedmq.aggregator")
 
 TICK_S = 0.5
 INIT_TIMEOUT_S = 300.0
 WAITING_LOG_EVERY_S = 30.0
+# What of a strategy's report goes into the round's metrics (the rest is logged only).
+RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std")
+STATUS_TIMEOUT_S = 2.0  # the status is best effort: never hold the loop long for it
 
 
 @dataclass
@@ -74,7 +79,7 @@ class PendingEvaluation:
     deadline: float
     waiting: set[str]
     results: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
-    train_loss: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # train loss and the strategy's figures
 
 
 @dataclass
@@ -94,7 +99,9 @@ class Federation:
         self.conn = connection or Connection(
             config.broker, name=f"fedmq-aggregator-{config.job}",
             subscriptions=self.topics.aggregator_subscriptions(), max_message_bytes=config.max_update_bytes,
+            stall_timeout=config.stall_timeout,
         )
+        check_strategy(config)
         self.strategy: Strategy = make_strategy(config.strategy)
         self.silos: dict[str, SiloState] = {}
         self.spec: JobSpec | None = None
@@ -109,6 +116,12 @@ class Federation:
         self.finishing = False
         self.announced: tuple[int, set[str], bool] | None = None  # (round, silos asked, sampled) of the last broadcast
         self._last_wait_log = 0.0
+        self._last_status: RoundStatus | None = None
+        self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
+        if config.sign and config.keys_dir is None:
+            raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
+        self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
+        self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -121,10 +134,13 @@ class Federation:
         try:
             while not (self.finishing and not self.evaluations):
                 self._tick(time.monotonic())
+                self._publish_status()
                 incoming = self.conn.receive(timeout=TICK_S)
                 if incoming is not None:
                     self._dispatch(incoming)
+                    self._publish_status()
             self._set_status("finished")
+            self._publish_status()
             log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
                      checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
             return 0
@@ -171,6 +187,8 @@ class Federation:
             log.warning("ignored a message for job %r on %s", header.job, incoming.topic)
             return
         try:
+            if self.keys is not None and isinstance(header, (Update, TestResult)):
+                verify(header, self.keys)
             if isinstance(header, Presence):
                 self._on_presence(header)
             elif isinstance(header, Update):
@@ -178,7 +196,10 @@ class Federation:
             elif isinstance(header, TestResult):
                 self._on_result(header)
         except UpdateRejected as exc:
-            self._reject(silo, exc.message, header if isinstance(header, Update) else None, len(incoming.payload))
+            if isinstance(header, Update):
+                self._reject(silo, exc.message, header, len(incoming.payload))
+            else:
+                log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
         except ProtocolError as exc:
             log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
 
@@ -201,11 +222,12 @@ class Federation:
             raise ConfigError(f"job {self.cfg.job!r} already completed {done} round(s)",
                               hint=f"pass --rounds above {done} to train further, or use another --job name")
         self.job_id = job.id
-        self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds,
+        self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds, "signed": self.cfg.sign,
+                                              "mu": self.cfg.mu,
                                               "status": "running" if stored.labels else "waiting"})
         path = checkpoint_path(self.cfg.out, self.cfg.job, done)
         if path.exists():
-            self.global_model = GlobalModel.of(done, load_checkpoint(path), self.spec.codec)
+            self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
             self.next_round = done + 1
         log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
                  f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
@@ -216,7 +238,8 @@ class Federation:
         return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
-                       max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode)
+                       max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
+                       mu=c.mu)
 
     def _mark_interrupted(self) -> None:
         try:
@@ -231,9 +254,44 @@ class Federation:
         self.conn.set_retained(self.topics.init, self.spec)
         self.store.update_job(self.job_id, self.spec.model_dump())
 
+    def _publish_status(self) -> None:
+        """Publish where the job stands (``RoundStatus``, retained, for ``fedmq status``) if it changed.
+
+        Called after every tick and every message, so each round event (a round opened, an update
+        accepted, an aggregation, an evaluation completed) goes out once, in sync and async mode
+        alike. Best effort: with the broker away it is only delayed (re-published on reconnect).
+        """
+        try:
+            status = self._round_status()
+            if status == self._last_status:
+                return
+            self._last_status = status
+            self.conn.set_retained(self.topics.status, status, timeout=STATUS_TIMEOUT_S)
+        except (BrokerError, ValueError) as exc:  # ValueError: pydantic's, say past 5,000 silos; never fatal
+            log.debug("could not publish the job's status: %s", exc)
+
+    def _round_status(self) -> RoundStatus:
+        def unix(deadline: float | None) -> float | None:
+            return None if deadline is None else round(deadline + self._unix_offset, 1)
+
+        common = {"job": self.cfg.job, "run_id": self.run_id,
+                  "version": self.global_model.version if self.global_model else None}
+        if self.spec.status == "finished":
+            return RoundStatus(**common, phase="finished", round=self.next_round - 1)
+        if self.round is not None:
+            return RoundStatus(**common, phase="training", round=self.round.number,
+                               updates_in=sorted(self.round.contributors), waiting_for=sorted(self.round.waiting),
+                               deadline_unix=unix(getattr(self.round, "deadline", None)))  # async buffers have none
+        if self.evaluations:
+            pending = self.evaluations[max(self.evaluations)]
+            return RoundStatus(**common, phase="evaluating", round=pending.number, updates_in=sorted(pending.results),
+                               waiting_for=sorted(pending.waiting), deadline_unix=unix(pending.deadline))
+        return RoundStatus(**common, phase="waiting", round=self.next_round - 1)
+
     def _eligible(self) -> set[str]:
         """Online silos whose data matches the job's task."""
-        return {name for name, s in self.silos.items() if s.online and s.task == self.spec.task}
+        return {name for name, s in self.silos.items()
+                if s.online and s.task == self.spec.task and (self.keys is None or name in self.keys)}
 
     def _on_presence(self, presence: Presence) -> None:
         before = self.silos.get(presence.silo)
@@ -247,6 +305,10 @@ class Federation:
         if presence.task != self.spec.task:
             log.warning("silo %s holds %s data but the job is %s; it is not counted",
                         presence.silo, presence.task, self.spec.task)
+            return
+        if self.keys is not None and presence.silo not in self.keys:
+            log.warning("silo %s has no registered public key; it is not counted (add %s.pub to %s)",
+                        presence.silo, presence.silo, self.cfg.keys_dir)
             return
         came_back = not (before and before.online)
         if came_back:
@@ -315,14 +377,21 @@ class Federation:
         self.conn.publish(self.topics.init_request, InitRequest(job=self.cfg.job, run_id=self.run_id, silo=self.init_silo))
 
     def _set_initial(self, state: StateDict, source: str) -> None:
-        self.global_model = GlobalModel.of(0, state, self.spec.codec)
+        self._set_global(GlobalModel.of(0, state, self.spec.codec))
         save_checkpoint(state, checkpoint_path(self.cfg.out, self.cfg.job, 0))
         log.info("initial model %s: %d tensors, %.1f MB on the wire", source, len(state), len(self.global_model.payload) / 1e6)
+
+    def _set_global(self, model: GlobalModel) -> None:
+        if self.global_model is None:
+            # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
+            self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
+            self.conn.limit_message_bytes(self.max_update_bytes)
+        self.global_model = model
 
     def _on_init_update(self, update: Update, payload: bytes) -> None:
         if self.global_model is not None or update.silo != self.init_silo:
             raise UpdateRejected("initial weights that were not asked for")
-        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
+        state = decode_state(payload, update.payload.codec, self.max_update_bytes)
         check_finite(state)
         self._set_initial(state, f"built by silo {update.silo}")
 
@@ -370,9 +439,9 @@ class Federation:
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")
         current.admit(update.silo, update.round, update.base_digest, update.num_samples)
-        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
+        state = decode_state(payload, update.payload.codec, self.max_update_bytes)
         check_tensors(state, self.global_model.state)
-        self.strategy.add(state, float(update.num_samples))
+        self.strategy.add(state, float(update.num_samples), silo=update.silo)
         current.count(update.silo, update.num_samples, update.train_loss)
         self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
                                  num_samples=update.num_samples, train_loss=update.train_loss,
@@ -405,18 +474,24 @@ class Federation:
             current.deadline = now + self.cfg.round_timeout
 
     def _aggregate(self, current: RoundBook, now: float) -> None:
-        self._publish_version(current, self.strategy.result(), now, current.train_loss)
+        state = self.strategy.result()
+        report = self.strategy.report()
+        log.info("round %d: %s %s", current.number, self.strategy.name, report)
+        extra = {key: float(report[key]) for key in RECORDED_REPORT_KEYS if isinstance(report.get(key), (int, float))}
+        if current.train_loss is not None:
+            extra["train_loss"] = current.train_loss
+        self._publish_version(current, state, now, extra)
 
-    def _publish_version(self, current: Any, state: StateDict, now: float, train_loss: float | None) -> None:
+    def _publish_version(self, current: Any, state: StateDict, now: float, extra: dict[str, float]) -> None:
         """Make ``state`` the global model of round ``current.number``: checkpoint, record, test, send on."""
-        self.global_model = GlobalModel.of(current.number, state, self.spec.codec)
+        self._set_global(GlobalModel.of(current.number, state, self.spec.codec))
         path = save_checkpoint(self.global_model.state, checkpoint_path(self.cfg.out, self.cfg.job, current.number))
         self.store.mark_aggregated(self.round_id, current.num_samples, self.global_model.digest, str(path))
         log.info("round %d aggregated from %d silo(s), %d samples", current.number, len(current.contributors),
                  current.num_samples)
         self.evaluations[current.number] = PendingEvaluation(
             number=current.number, round_id=self.round_id, digest=self.global_model.digest,
-            deadline=now + self.cfg.round_timeout, waiting=self._eligible(), train_loss=train_loss,
+            deadline=now + self.cfg.round_timeout, waiting=self._eligible(), extra=extra,
         )
         self.round = None
         self.next_round = current.number + 1
@@ -441,13 +516,22 @@ class Federation:
         if pending.waiting and now < pending.deadline:
             return
         metrics = weighted_metrics(pending.results.values())
-        if pending.train_loss is not None:
-            metrics["train_loss"] = pending.train_loss
+        metrics.update(pending.extra)
         self.store.complete_round(pending.round_id, metrics)
         del self.evaluations[pending.number]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         log.info("round %d completed: %s (evaluated by %d silo(s))", pending.number, shown or "no metrics",
                  len(pending.results))
+
+
+def check_strategy(config: AggregatorConfig) -> None:
+    """The strategy options that depend on the rest of the job."""
+    options = config.strategy
+    if options.min_updates > config.min_clients:
+        raise ConfigError(f"--krum-f {options.krum_f} needs at least {options.min_updates} updates a round",
+                          hint=f"raise --min-clients to {options.min_updates} or lower --krum-f")
+    if config.mu and options.name != "fedprox":
+        raise ConfigError("--mu is FedProx's proximal weight", hint="add --strategy fedprox, or drop --mu")
 
 
 def weighted_metrics(results: Any) -> dict[str, float]:
@@ -464,6 +548,12 @@ def weighted_metrics(results: Any) -> dict[str, float]:
     if total:
         out["eval_samples"] = float(total)
     return out
+
+
+def _load_public_keys(folder: Path) -> dict[str, Any]:
+    from ..broker.keys import load_public_keys
+
+    return load_public_keys(folder)
 
 
 def _fmt(value: float | None) -> str:

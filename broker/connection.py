@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 QOS = 1
 KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 300.0
+STALL_TIMEOUT_S = 120.0  # a message that gets no chunk for this long is dropped and reported
+MAX_PENDING_PER_TOPIC = 4  # partial messages one sender's topic may hold at a time
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,18 @@ class Connection:
         subscriptions: list[str],
         max_message_bytes: int,
         will: tuple[str, Message] | None = None,
+        stall_timeout: float = STALL_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.subscriptions = list(subscriptions)
         self.inbox: queue.Queue[Incoming] = queue.Queue()
-        self._reassembler = Reassembler(max_message_bytes)
+        self._reassembler = Reassembler(max_message_bytes, ttl=stall_timeout, check_headers=True,
+                                        max_pending_per_topic=MAX_PENDING_PER_TOPIC)
+        self._reassembly_lock = threading.Lock()  # paho's thread adds chunks; receive() expires stalled ones
         self._connected = threading.Event()  # set once the first connection succeeded
         self._online = threading.Event()  # set while connected
         self._refusal: str | None = None
+        self._answered = threading.Event()  # set by the first CONNACK, accepted or refused
         self._retained: dict[str, bytes] = {}
         self.epoch = 0  # counts successful (re)connections: a change means messages may have been lost
         self._retained_lock = threading.Lock()
@@ -69,6 +76,8 @@ class Connection:
         )
         if url.username:
             self._client.username_pw_set(url.username, url.password)
+        if url.tls:
+            self._client.tls_set(ca_certs=str(url.ca_file) if url.ca_file else None)
         if will is not None:
             topic, header = will
             self._client.will_set(topic, _single_chunk(header), qos=QOS, retain=True)
@@ -86,6 +95,8 @@ class Connection:
             try:
                 self._client.connect(self.url.host, self.url.port, keepalive=KEEPALIVE_S)
                 break
+            except ssl.SSLError as exc:  # something answered, but TLS failed: retrying will not help
+                raise _tls_error(self.url, exc) from None
             except (OSError, ValueError) as exc:
                 last_error = exc
                 if time.monotonic() >= deadline:
@@ -95,11 +106,10 @@ class Connection:
                     ) from None
                 time.sleep(0.5)
         self._client.loop_start()
-        if not self._connected.wait(max(1.0, deadline - time.monotonic())):
+        self._answered.wait(max(1.0, deadline - time.monotonic()))
+        if not self._connected.is_set():
             self.close()
-            reason = self._refusal or "no answer to CONNECT"
-            raise BrokerError(f"the broker at {self.url} did not accept the connection: {reason}",
-                              hint="check the broker address and credentials")
+            raise _refusal_error(self.url, self._refusal)
 
     def close(self) -> None:
         self._client.disconnect()
@@ -181,16 +191,30 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------------------------
     def receive(self, timeout: float | None) -> Incoming | None:
+        with self._reassembly_lock:
+            self._reassembler.expire()
+            self._report_dropped()
         try:
             return self.inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def limit_message_bytes(self, max_message_bytes: int) -> None:
+        """Lower (or raise) the cap on one incoming message, say once the model's size is known."""
+        with self._reassembly_lock:
+            self._reassembler.max_message_bytes = max_message_bytes
+            self._reassembler.max_pending_bytes = 4 * max_message_bytes
+
+    def _report_dropped(self) -> None:
+        for topic, reason in self._reassembler.take_dropped():
+            self.inbox.put(Refused(topic=topic, reason=reason))
 
     # -- paho callbacks (network thread) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refusal = str(reason_code)
             log.error("broker %s refused the connection: %s", self.url, reason_code)
+            self._answered.set()
             return
         for topic in self.subscriptions:
             client.subscribe(topic, qos=QOS)
@@ -202,6 +226,7 @@ class Connection:
         self.epoch += 1
         self._connected.set()
         self._online.set()
+        self._answered.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
         self._online.clear()
@@ -212,13 +237,38 @@ class Connection:
         if not message.payload:
             return  # a cleared retained message
         try:
-            whole = self._reassembler.add(message.topic, message.payload)
+            with self._reassembly_lock:
+                whole = self._reassembler.add(message.topic, message.payload)
+                self._report_dropped()
             if whole is not None:
                 self.inbox.put(unpack_message(whole, topic=message.topic))
         except ProtocolError as exc:
             self.inbox.put(Refused(topic=message.topic, reason=str(exc)))
         except Exception:  # a bug here must not kill paho's network thread
             log.exception("unexpected error while handling a message on %s", message.topic)
+
+
+def _refusal_error(url: BrokerUrl, refusal: str | None) -> BrokerError:
+    if refusal is None:
+        return BrokerError(f"the broker at {url} did not answer the connection request",
+                           hint="check the broker address (mqtts:// for a TLS listener)")
+    reason = refusal.lower()
+    if url.username is None:
+        return BrokerError(f"the broker at {url} refused an anonymous connection ({reason})",
+                           hint="it requires a login: pass mqtt://USER:PASSWORD@host:port in --broker or $FEDMQ_BROKER")
+    if "not authori" in reason or "user name or password" in reason:
+        return BrokerError(f"the broker refused the credentials for user {url.username} ({reason})",
+                           hint="check the username and password (AUTH_DIR/credentials.json of `fedmq broker --auth-dir`)")
+    return BrokerError(f"the broker at {url} refused the connection ({reason})",
+                       hint="check the broker address and credentials")
+
+
+def _tls_error(url: BrokerUrl, exc: ssl.SSLError) -> BrokerError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return BrokerError(f"the TLS certificate of the broker at {url} is not trusted: {exc.verify_message}",
+                           hint="pass the broker's CA as --ca-file or $FEDMQ_CA_FILE: DIR/ca.crt of `fedmq broker --tls-dir DIR`")
+    return BrokerError(f"TLS with the broker at {url} failed: {exc.reason or exc}",
+                       hint="is it a TLS listener? use mqtts:// only for one, mqtt:// otherwise")
 
 
 def _single_chunk(header: Message) -> bytes:

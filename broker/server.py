@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 from ..errors import BrokerError
+from .auth import AuthFiles
+from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,26 @@ def mosquitto_binary() -> str | None:
     )
 
 
-def mosquitto_config(host: str, port: int) -> str:
-    """A single anonymous listener with no persistence: the embedded default for one machine."""
+def mosquitto_config(host: str, port: int, auth: AuthFiles | None = None, tls: TlsFiles | None = None) -> str:
+    """A single listener with no persistence: anonymous by default, the embedded default for one machine.
+
+    With ``auth``: passwords and an ACL, anonymous access off. With ``tls``: the listener speaks only
+    TLS. Mosquitto started as root drops to the ``mosquitto`` user before it reads the password file
+    and the certificates; ``user`` keeps the identity that made those (0600) files.
+    """
+    security = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if auth or tls else []
+    if auth:
+        security += ["allow_anonymous false", f"password_file {auth.password_file.resolve()}",
+                     f"acl_file {auth.acl_file.resolve()}"]
+    else:
+        security.append("allow_anonymous true")
+    if tls:
+        security += [f"cafile {tls.ca_cert.resolve()}", f"certfile {tls.server_cert.resolve()}",
+                     f"keyfile {tls.server_key.resolve()}", "tls_version tlsv1.2"]
     return "\n".join(
         [
             f"listener {port} {host}",
-            "allow_anonymous true",
+            *security,
             "persistence false",
             "max_queued_messages 10000",
             "log_dest stdout",
@@ -75,7 +93,8 @@ def mosquitto_config(host: str, port: int) -> str:
     )
 
 
-def start_mosquitto(host: str, port: int, workdir: Path | None = None, log_file: Path | None = None) -> subprocess.Popen:
+def start_mosquitto(host: str, port: int, workdir: Path | None = None, log_file: Path | None = None,
+                    auth: AuthFiles | None = None, tls: TlsFiles | None = None) -> subprocess.Popen:
     """Start Mosquitto in the background on host:port and wait until it listens."""
     binary = mosquitto_binary()
     if binary is None:
@@ -85,24 +104,30 @@ def start_mosquitto(host: str, port: int, workdir: Path | None = None, log_file:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmq-broker-"))
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(host, port))
+    conf.write_text(mosquitto_config(host, port, auth, tls))
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(host, port, process=process)
     return process
 
 
-def run_broker(host: str, port: int, embedded: bool = False) -> int:
+def run_broker(host: str, port: int, embedded: bool = False, auth: AuthFiles | None = None,
+               tls: TlsFiles | None = None) -> int:
     """Run a broker in the foreground until interrupted. Returns the process exit code."""
     check_port_free(host, port)
     binary = None if embedded else mosquitto_binary()
+    if binary is None and (auth or tls):
+        raise BrokerError("the embedded broker cannot enforce credentials, ACLs or TLS",
+                          hint="install Mosquitto (apt-get install mosquitto) to use --auth-dir or --tls-dir"
+                               + (", and drop --embedded" if embedded else ""))
     if binary is None:
         log.info("broker: embedded amqtt on mqtt://%s:%d (Ctrl-C to stop)", host, port)
         return _run_amqtt(host, port)
     with tempfile.TemporaryDirectory(prefix="fedmq-broker-") as tmp:
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(mosquitto_config(host, port))
-        log.info("broker: mosquitto on mqtt://%s:%d (Ctrl-C to stop)", host, port)
+        conf.write_text(mosquitto_config(host, port, auth, tls))
+        log.info("broker: mosquitto on %s://%s:%d%s (Ctrl-C to stop)", "mqtts" if tls else "mqtt", host, port,
+                 ", passwords and ACL from " + str(auth.acl_file.parent) if auth else "")
         process = subprocess.Popen([binary, "-c", str(conf)])
         try:
             return process.wait()

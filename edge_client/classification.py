@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..errors import DataError
 from ..schemas import JobSpec
 from .data.image_folder import ImageFolderSplit, folder_labels
+from .fedprox import proximal
 from .models import CLASSIFICATION_INPUTS, build_model
 from .task import StepLogger, TrainResult, model_device
 
@@ -48,6 +50,7 @@ class ClassificationTask:
         loader = DataLoader(self.train_set, batch_size=spec.batch_size, shuffle=True,
                             generator=self._shuffle)
         optimiser = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+        prox = proximal(model, spec.mu)  # FedProx; 0 for every other strategy
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         device = model_device(model)
@@ -56,7 +59,7 @@ class ClassificationTask:
             for step, (images, targets) in enumerate(loader, start=1):
                 images, targets = images.to(device), targets.to(device)
                 optimiser.zero_grad()
-                loss = loss_fn(model(images), targets)
+                loss = loss_fn(model(images), targets) + prox()
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(targets)
@@ -65,7 +68,8 @@ class ClassificationTask:
         return TrainResult(num_samples=n, loss=total / seen, seconds=time.perf_counter() - started)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> tuple[int, dict[str, float]]:
+    def evaluate(self, model: nn.Module, progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, float]]:
+        """``progress``, when given, is told the samples each batch covered."""
         if not self.test_set:
             return 0, {}
         model.eval()
@@ -76,5 +80,7 @@ class ClassificationTask:
             logits = model(images)
             loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             correct += (logits.argmax(dim=1) == targets).sum().item()
+            if progress is not None:
+                progress(len(targets))
         n = len(self.test_set)
         return n, {"accuracy": correct / n, "loss": loss_sum / n}

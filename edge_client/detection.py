@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from ..errors import DataError
 from ..schemas import JobSpec
 from .coco_metrics import coco_bbox_metrics, predictions_to_detections
 from .data.coco import CocoDetectionDataset, collate_detection, detection_labels
+from .fedprox import proximal
 from .models import build_model
 from .task import StepLogger, TrainResult, model_device
 
@@ -52,6 +54,7 @@ class DetectionTask:
                             collate_fn=collate_detection)
         params = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=WEIGHT_DECAY)
+        prox = proximal(model, spec.mu)  # FedProx; 0 for every other strategy
         model.train()
         device = model_device(model)
         total, steps = 0.0, 0
@@ -59,7 +62,7 @@ class DetectionTask:
             for step, (images, targets) in enumerate(loader, start=1):
                 images, targets = _to(device, images, targets)
                 parts = model(images, targets)
-                loss = sum(parts.values())
+                loss = sum(parts.values()) + prox()
                 if not torch.isfinite(loss):
                     raise DataError(f"training diverged at epoch {epoch} step {step} (loss {loss.item()})",
                                     hint="lower the job's --lr")
@@ -72,7 +75,8 @@ class DetectionTask:
         return TrainResult(num_samples=n, loss=total / max(steps, 1), seconds=time.perf_counter() - started)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> tuple[int, dict[str, float]]:
+    def evaluate(self, model: nn.Module, progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, float]]:
+        """``progress``, when given, is told the images each batch covered."""
         if not self.test_set:
             return 0, {}
         model.eval()
@@ -82,6 +86,8 @@ class DetectionTask:
             images, targets = _to(device, images, targets)
             for target, output in zip(targets, model(images)):
                 detections.extend(predictions_to_detections(int(target["image_id"]), output))
+            if progress is not None:
+                progress(len(images))
         metrics = coco_bbox_metrics(self.test_set.coco_ground_truth(), detections)
         return len(self.test_set), metrics
 

@@ -7,15 +7,17 @@ weights, a round's training, a test) and leaves deciding what counts to the aggr
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import save_file
 from torch import nn
 
 from ..broker.connection import Connection, Refused
 from ..broker.url import BrokerUrl
-from ..errors import BrokerError, DataError, ProtocolError
+from ..errors import BrokerError, ConfigError, DataError, ProtocolError
 from ..schemas import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Envelope,
@@ -33,6 +35,8 @@ from ..schemas import (
     sha256_hex,
 )
 from ..schemas.messages import InitRequest
+from ..schemas.signing import Signed, sign
+from .progress import Progress
 from .task import Task, open_task, pick_device
 
 log = logging.getLogger("fedmq.client")
@@ -48,6 +52,7 @@ class ClientConfig:
     max_model_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     connect_timeout: float = 30.0
     device: str = "auto"
+    signing_key: Path | None = None  # this silo's Ed25519 private key (PEM), for jobs that require signatures
 
 
 @dataclass
@@ -82,6 +87,7 @@ class SiloClient:
         )
         self.run_state: RunState | None = None
         self.joined: set[str] = set()  # run ids this silo took part in
+        self.key = _load_signing_key(config.signing_key) if config.signing_key else None
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -152,6 +158,9 @@ class SiloClient:
                 self.run_state.spec = spec  # stops continuous (async) training until the job resumes
             log.info("the aggregator of job %r stopped; waiting for it to resume", spec.job)
             return None
+        if spec.signed and self.key is None:
+            raise ConfigError(f"job {spec.job!r} requires signed updates and this silo has no signing key",
+                              hint="pass --signing-key AUTH_DIR/keys/<silo>.key (made by `fedmq keys`)")
         if spec.task != self.task.name:
             raise DataError(f"job {spec.job!r} is a {spec.task} job but {self.cfg.data} holds {self.task.name} data",
                             hint="point --data at a folder of the job's task, or join another --job")
@@ -216,17 +225,25 @@ class SiloClient:
         self._load(state, digest)
         log.info("round %d: training %d epoch(s) on %d samples", round_number, state.spec.local_epochs,
                  len(self.task.train_set))
-        with self.loss_log.open("a") as out:
+        steps = state.spec.local_epochs * -(-len(self.task.train_set) // state.spec.batch_size)
+        with self.loss_log.open("a") as out, Progress(f"round {round_number}: training", steps, "steps", log) as bar:
             def log_step(epoch: int, step: int, losses: dict[str, float]) -> None:
                 parts = " ".join(f"{k}: {v:.6f}" for k, v in losses.items())
                 out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
+                bar.advance(note=f"epoch {epoch}, loss {losses.get('total_loss', float('nan')):.4f}")
 
             result = self.task.train(state.model, state.spec, log_step)
         state.trained_round = round_number
         weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
-        self._send_update(state, round_number, digest, weights, result.num_samples, result.loss, result.seconds)
+        loss = result.loss
+        if loss is not None and not math.isfinite(loss):
+            # Sent all the same: the aggregator rejects the update and records why, where operators look.
+            log.error("round %d: training diverged (loss %s); the aggregator will reject this update. "
+                      "Lower the job's --lr, or check this silo's data", round_number, loss)
+            loss = None
+        self._send_update(state, round_number, digest, weights, result.num_samples, loss, result.seconds)
         log.info("round %d: update sent (loss %s, %.1f s)", round_number,
-                 "-" if result.loss is None else f"{result.loss:.4f}", result.seconds)
+                 "-" if loss is None else f"{loss:.4f}", result.seconds)
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
@@ -234,8 +251,12 @@ class SiloClient:
         header = Update(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
                         base_digest=base_digest, num_samples=num_samples, train_loss=loss, train_seconds=seconds,
                         payload=PayloadInfo(codec=state.spec.codec, size=len(payload), sha256=sha256_hex(payload)))
+        header = self._signed(header)
         state.last_update = (header, payload)
         self._publish_update(header, payload, state.spec.chunk_size)
+
+    def _signed(self, header: Signed) -> Signed:
+        return sign(header, self.key) if self.key is not None else header
 
     def _publish_update(self, header: Update, payload: bytes, chunk_size: int) -> None:
         self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=chunk_size)
@@ -244,10 +265,19 @@ class SiloClient:
         for digest in [d for d in state.pending_tests if d in state.models]:
             round_number = state.pending_tests.pop(digest)
             self._load(state, digest)
-            num_samples, metrics = self.task.evaluate(state.model)
+            test_size = len(getattr(self.task, "test_set", None) or ())
+            with Progress(f"round {round_number}: evaluating", test_size, "samples", log) as bar:
+                num_samples, metrics = self.task.evaluate(state.model, progress=bar.advance)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no test data"
             log.info("round %d: evaluated the global model on %d test samples: %s", round_number, num_samples, shown)
             result = TestResult(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
                                 model_digest=digest, num_samples=num_samples, metrics=metrics)
+            result = self._signed(result)
             state.results = {round_number: result}  # only the newest is ever asked for again
             self.conn.publish(self.topics.result(self.cfg.silo), result)
+
+
+def _load_signing_key(path: Path) -> Ed25519PrivateKey:
+    from ..broker.keys import load_private_key
+
+    return load_private_key(path)

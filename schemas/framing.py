@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
 from .codec import sha256_hex
-from .messages import Message, dump_header, parse_header
+from .messages import MAX_HEADER_BYTES, Message, dump_header, parse_header
 
 MAGIC = b"FMQ\x01"
 _PREFIX = struct.Struct("!4s16sII")
@@ -83,7 +83,7 @@ def encode_chunks(header: Message, payload: bytes = b"", chunk_size: int = DEFAU
 @dataclass
 class _Partial:
     count: int
-    started: float
+    touched: float  # when its last new chunk arrived
     parts: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
 
@@ -91,19 +91,30 @@ class _Partial:
 class Reassembler:
     """Collects chunks per (topic, message id) until a message is whole.
 
-    ``max_message_bytes`` caps one message and ``max_pending_bytes`` all partial ones together;
-    a partial message older than ``ttl`` seconds is dropped. Duplicated chunks are ignored.
-    Not thread-safe: feed it from one thread (the MQTT network thread).
+    Caps, so a peer cannot make the receiver buffer without bound: ``max_message_bytes`` for one
+    message, ``max_pending_bytes`` for all partial ones together, ``max_pending_per_topic``
+    partial messages per sender's topic, and ``ttl``: a partial message that gets no new chunk for
+    that many seconds is dropped and reported by ``take_dropped``. With ``check_headers`` the
+    first chunk's header is checked at once, so a message declaring more than the cap, or a chunk
+    count that its size does not need, is refused before its other chunks are buffered. A refused
+    message's later chunks are ignored. Duplicated chunks are ignored.
+    Not thread-safe: callers serialise ``add`` and ``expire``.
     """
 
     def __init__(self, max_message_bytes: int, max_pending_bytes: int | None = None, ttl: float = 600.0,
-                 max_pending_messages: int = 1024) -> None:
+                 max_pending_messages: int = 1024, max_pending_per_topic: int | None = None,
+                 check_headers: bool = False) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_pending_bytes = max_pending_bytes or 4 * max_message_bytes
         self.max_pending_messages = max_pending_messages
+        self.max_pending_per_topic = max_pending_per_topic or max_pending_messages
+        self.check_headers = check_headers
         self.ttl = ttl
-        self._pending: dict[tuple[str, bytes], _Partial] = {}
+        self._pending: dict[tuple[str, bytes], _Partial] = {}  # least recently touched first
         self._pending_bytes = 0
+        self._per_topic: dict[str, int] = {}
+        self._refused: dict[tuple[str, bytes], None] = {}  # recently refused messages, oldest first
+        self._dropped: list[tuple[str, str]] = []
 
     @property
     def pending(self) -> int:
@@ -112,7 +123,7 @@ class Reassembler:
     def add(self, topic: str, chunk: bytes, now: float | None = None) -> bytes | None:
         """Add one chunk; return the whole packed message when its last chunk arrives."""
         now = time.monotonic() if now is None else now
-        self._expire(now)
+        self.expire(now)
         if len(chunk) < PREFIX_SIZE:
             raise ProtocolError(f"chunk of {len(chunk)} bytes is shorter than the chunk prefix")
         magic, mid, index, count = _PREFIX.unpack_from(chunk)
@@ -121,48 +132,99 @@ class Reassembler:
         if count == 0 or index >= count:
             raise ProtocolError(f"chunk index {index} out of range for a {count}-chunk message")
         body = chunk[PREFIX_SIZE:]
-        if count > 1 and (not body or count > self.max_message_bytes):
-            # split_chunks never makes either; both would let a peer hold memory the caps do not count
-            raise ProtocolError(f"chunk {index} of {count} is empty or the count exceeds the message size limit")
         if count == 1:
             if len(body) > self.max_message_bytes:
                 raise ProtocolError(f"message of {len(body)} bytes exceeds the {self.max_message_bytes}-byte limit")
             return body
         key = (topic, mid)
-        partial = self._pending.get(key)
+        if key in self._refused:
+            return None
+        try:
+            return self._add_part(key, index, count, body, now)
+        except ProtocolError:
+            self._drop(key)
+            self._refused[key] = None
+            if len(self._refused) > 256:
+                del self._refused[next(iter(self._refused))]
+            raise
+
+    def _add_part(self, key: tuple[str, bytes], index: int, count: int, body: bytes, now: float) -> bytes | None:
+        if not body or count > self.max_message_bytes:
+            # split_chunks never makes either; both would let a peer hold memory the caps do not count
+            raise ProtocolError(f"chunk {index} of {count} is empty or the count exceeds the message size limit")
+        if index == 0 and self.check_headers:
+            _check_first_chunk(body, count, self.max_message_bytes)
+        partial = self._pending.pop(key, None)
         if partial is None:
             if len(self._pending) >= self.max_pending_messages:
                 raise ProtocolError(f"more than {self.max_pending_messages} partial messages are pending")
-            partial = self._pending[key] = _Partial(count=count, started=now)
-        elif partial.count != count:
-            self._drop(key)
+            if self._per_topic.get(key[0], 0) >= self.max_pending_per_topic:
+                raise ProtocolError(f"more than {self.max_pending_per_topic} partial messages are pending on {key[0]}")
+            partial = _Partial(count=count, touched=now)
+            self._per_topic[key[0]] = self._per_topic.get(key[0], 0) + 1
+        self._pending[key] = partial  # (re)inserted last: the most recently touched
+        if partial.count != count:
             raise ProtocolError("chunks of one message disagree on the chunk count")
         if index in partial.parts:
             return None
         if partial.size + len(body) > self.max_message_bytes:
-            self._drop(key)
             raise ProtocolError(f"message exceeds the {self.max_message_bytes}-byte limit")
         if self._pending_bytes + len(body) > self.max_pending_bytes:
-            self._drop(key)
             raise ProtocolError(f"more than {self.max_pending_bytes} bytes of partial messages are pending")
         partial.parts[index] = body
         partial.size += len(body)
+        partial.touched = now
         self._pending_bytes += len(body)
         if len(partial.parts) < count:
             return None
         self._drop(key)
         return b"".join(partial.parts[i] for i in range(count))
 
+    def expire(self, now: float | None = None) -> None:
+        """Drop the partial messages that got no chunk for ``ttl`` seconds (see ``take_dropped``)."""
+        now = time.monotonic() if now is None else now
+        # Least recently touched first: stop at the first live one, so a flood of chunks stays linear.
+        while self._pending:
+            key, partial = next(iter(self._pending.items()))
+            if now - partial.touched <= self.ttl:
+                return
+            self._drop(key)
+            self._dropped.append((key[0], f"incomplete message: {len(partial.parts)} of {partial.count} chunks "
+                                          f"arrived, then none for {self.ttl:.0f} s"))
+
+    def take_dropped(self) -> list[tuple[str, str]]:
+        """(topic, reason) of the partial messages expired since the last call."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
     def _drop(self, key: tuple[str, bytes]) -> None:
         partial = self._pending.pop(key, None)
         if partial is not None:
             self._pending_bytes -= partial.size
+            left = self._per_topic[key[0]] - 1
+            if left:
+                self._per_topic[key[0]] = left
+            else:
+                del self._per_topic[key[0]]
 
-    def _expire(self, now: float) -> None:
-        # Partials are kept in arrival order, so the expired ones are at the front: stop at the first
-        # live one, which keeps a flood of chunks linear rather than quadratic.
-        while self._pending:
-            key, partial = next(iter(self._pending.items()))
-            if now - partial.started <= self.ttl:
-                return
-            self._drop(key)
+
+def _check_first_chunk(body: bytes, count: int, max_message_bytes: int) -> None:
+    """Refuse at its first chunk a message whose header is bad, whose declared size is over the cap,
+    or whose chunk count is not what that size needs (chunks are full but the last)."""
+    if len(body) < _HEADER_LEN.size:
+        raise ProtocolError("first chunk too short for the header length")
+    (head_len,) = _HEADER_LEN.unpack_from(body)
+    end = _HEADER_LEN.size + head_len
+    if head_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {head_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if end > len(body):
+        return  # a header longer than a chunk: checked when the message is whole
+    header = parse_header(body[_HEADER_LEN.size : end])
+    info = getattr(header, "payload", None)
+    size = info.size if info is not None else 0
+    total = end + size
+    if total > max_message_bytes:
+        raise ProtocolError(f"message declares {total} bytes, over the {max_message_bytes}-byte limit")
+    needed = max(1, -(-total // len(body)))
+    if count != needed:
+        raise ProtocolError(f"message declares {total} bytes, which is {needed} chunk(s) of {len(body)}, not {count}")

@@ -25,6 +25,7 @@ Count = Annotated[int, Field(ge=0, le=2**53)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 Labels = Annotated[list[Label], Field(min_length=1, max_length=2_000)]
 Task = Literal["classification", "detection"]
+Signature = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{86}==$")]  # base64 of a 64-byte Ed25519 signature
 
 
 class _Header(BaseModel):
@@ -84,6 +85,8 @@ class JobSpec(_RunHeader):
     codec: Annotated[str, Field(max_length=64)]
     chunk_size: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)]
     max_update_bytes: Annotated[int, Field(ge=1024)]
+    signed: bool = False  # silos must sign updates and results (schemas/signing.py)
+    mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
 
 
 class InitRequest(_RunHeader):
@@ -127,6 +130,7 @@ class Update(_RunHeader):
     train_loss: float | None = None
     train_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     payload: PayloadInfo
+    signature: Signature | None = None  # see schemas/signing.py
 
     @field_validator("train_loss")
     @classmethod
@@ -147,6 +151,7 @@ class TestResult(_RunHeader):
     model_digest: Digest
     num_samples: Annotated[int, Field(ge=0, le=2**53)]  # 0: the silo has no test data
     metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(max_length=64)
+    signature: Signature | None = None
 
     @field_validator("metrics")
     @classmethod
@@ -171,8 +176,27 @@ class Presence(_Header):
     labels: Labels | None = None
 
 
+class RoundStatus(_RunHeader):
+    """Where the job stands, published retained by the aggregator on each round event, for ``fedmq status``.
+
+    ``phase``: ``waiting`` (for silos or the initial model), ``training`` (round ``round`` is open),
+    ``evaluating`` (round ``round`` was aggregated; its test results are coming in), ``finished``.
+    While training, ``updates_in`` and ``waiting_for`` name the silos whose updates are in and
+    awaited; while evaluating, the silos whose test results are. ``deadline_unix`` is when the
+    round (or evaluation) stops waiting; ``version`` the global model version, None before it exists.
+    """
+
+    type: Literal["status"] = "status"
+    phase: Literal["waiting", "training", "evaluating", "finished"]
+    round: Count
+    updates_in: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
+    waiting_for: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
+    deadline_unix: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    version: Count | None = None
+
+
 Message = Annotated[
-    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence,
+    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

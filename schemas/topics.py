@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 ROOT = "fedmq"
+ANY_JOB = "+"  # the job level of Topics.every_job(), for broker ACLs only; never a job's real name
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -33,6 +34,13 @@ class Topics:
 
     def __post_init__(self) -> None:
         check_name("job", self.job)
+
+    @classmethod
+    def every_job(cls) -> Topics:
+        """The topics of all jobs at once (the job level is ``+``): for broker ACLs, not for publishing."""
+        topics = object.__new__(cls)
+        object.__setattr__(topics, "job", ANY_JOB)
+        return topics
 
     @property
     def prefix(self) -> str:
@@ -63,6 +71,11 @@ class Topics:
         """Test request: evaluate the global model of a round on the local test split."""
         return f"{self.prefix}/test"
 
+    @property
+    def status(self) -> str:
+        """Where the job stands (phase, round, updates in), retained, for anyone watching: `fedmq status`."""
+        return f"{self.prefix}/status"
+
     # silos -> aggregator
     def update(self, silo: str) -> str:
         return f"{self.prefix}/update/{check_name('silo', silo)}"
@@ -91,6 +104,22 @@ class Topics:
 
     def silo_subscriptions(self, silo: str) -> list[str]:
         return [self.init, self.init_request, self.model, self.model_for(silo), self.test]
+
+    def observer_subscriptions(self) -> list[str]:
+        """What `fedmq status` reads: the job spec, every silo's presence, the aggregator's status; all retained."""
+        return [self.init, self.all_presence, self.status]
+
+    # who may write what: a broker ACL grants exactly these and the subscriptions above (broker/auth.py)
+    @property
+    def all_direct_models(self) -> str:
+        return f"{self.prefix}/model/+"
+
+    def silo_publishes(self, silo: str) -> list[str]:
+        """Every topic a silo writes; each names the silo, so an ACL can confine it to its own."""
+        return [self.update(silo), self.result(silo), self.presence(silo)]
+
+    def aggregator_publishes(self) -> list[str]:
+        return [self.init, self.init_request, self.model, self.all_direct_models, self.test, self.status]
 
     def silo_of(self, topic: str) -> str | None:
         """The silo named by a silo-written topic (update, result, presence) of this job, else None."""

@@ -189,18 +189,48 @@ class Store:
                 for job, n in rows
             ]
 
+    def _job_named(self, s: Session, job_name: str) -> Job:
+        job = s.scalar(select(Job).where(Job.name == job_name))
+        if job is None:
+            raise StoreError(f"no job named {job_name!r} in {_safe(self.url)}",
+                             hint="run `fedmq history` without --job to list the jobs, or check --db")
+        return job
+
     def history(self, job_name: str) -> list[dict[str, Any]]:
         """One dict per round, in order: the shape of ``fedmq history --json``."""
         with self.session() as s:
-            job = s.scalar(select(Job).where(Job.name == job_name))
-            if job is None:
-                raise StoreError(f"no job named {job_name!r} in {_safe(self.url)}",
-                                 hint="run `fedmq history` without --job to list the jobs, or check --db")
+            job = self._job_named(s, job_name)
             rounds = s.scalars(
                 select(Round).where(Round.job_id == job.id).order_by(Round.number)
                 .options(selectinload(Round.updates), selectinload(Round.evaluations))
             ).all()
             return [_round_dict(r) for r in rounds]
+
+    def round_detail(self, job_name: str, number: int) -> dict[str, Any]:
+        """One round as in ``history``, plus every update it received, accepted or rejected (with the
+        reason, time and size) and marked superseded where a restart reopened the round."""
+        with self.session() as s:
+            job = self._job_named(s, job_name)
+            row = s.scalar(
+                select(Round).where(Round.job_id == job.id, Round.number == number)
+                .options(selectinload(Round.updates), selectinload(Round.evaluations))
+            )
+            if row is None:
+                known = s.scalars(select(Round.number).where(Round.job_id == job.id).order_by(Round.number)).all()
+                span = f"rounds {known[0]}-{known[-1]}" if known else "no rounds yet"
+                raise StoreError(f"job {job_name!r} has no round {number} ({span})",
+                                 hint="run `fedmq history --job NAME` to list its rounds")
+            detail = _round_dict(row)
+            detail["job"] = job_name
+            detail["aggregated_at"] = _iso(row.aggregated_at)
+            detail["updates"] = [
+                {"silo": u.silo, "accepted": u.accepted, "reason": u.reason, "superseded": u.superseded,
+                 "claimed_round": u.claimed_round, "num_samples": u.num_samples, "train_loss": u.train_loss,
+                 "train_seconds": u.train_seconds, "bytes": u.bytes, "base_version": u.base_version,
+                 "staleness": u.staleness, "received_at": _iso(u.received_at)}
+                for u in row.updates
+            ]
+            return detail
 
 
 def _round_dict(r: Round) -> dict[str, Any]:

@@ -74,9 +74,10 @@ def run_fedmq(*args: str, cwd: Path | None = None, timeout: float = 120) -> subp
                           timeout=timeout, env=fedmq_env())
 
 
-def start_fedmq(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+def start_fedmq(*args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``env`` adds to the environment (say, FEDMQ_BROKER with a password that must not be in the arguments)."""
     return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env=fedmq_env())
+                            stderr=subprocess.STDOUT, env={**fedmq_env(), **(env or {})})
 
 
 class FedmqCli:

@@ -68,10 +68,11 @@ class HostileSilo:
 
 def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path) -> None:
     job = "hostile"
-    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=16, test_per_silo=8)
+    # Enough local training that every hostile message arrives while the honest silos still train.
+    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=64, test_per_silo=8)
     store = Store(f"sqlite:///{tmp_path / 'f.db'}")
     config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=1, min_clients=3,
-                              out=tmp_path / "out", round_timeout=120)
+                              out=tmp_path / "out", round_timeout=120, local_epochs=4, batch_size=8)
     federation = Federation(config, store)
     result: dict[str, int] = {}
     agg = threading.Thread(target=lambda: result.setdefault("code", federation.run()))
@@ -91,7 +92,7 @@ def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, t
     [row] = store.history(job)
     assert row["status"] == "completed"
     assert row["clients"] == ["s0", "s1", "zz-evil"]
-    assert row["num_samples"] == 16 + 16 + 10
+    assert row["num_samples"] == 64 + 64 + 10
     reasons = [u.reason for u in _updates(store) if not u.accepted]
     expected = ["NaN", "shape", "unexpected sneaky", "not this round's global model", "round 7 but round 1",
                 "out of range", "another silo's topic", "duplicate"]

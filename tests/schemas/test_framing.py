@@ -268,7 +268,8 @@ def test_pending_cap() -> None:
     assert r.add("t", a[1]) == b"a" * 2000  # completing a frees its bytes
     assert r.pending == 1
     assert r.add("t", c[0]) is None
-    assert r.add("t", c[1]) == b"c" * 1600
+    assert r.add("t", c[1]) is None  # a refused message stays refused: its other chunks are ignored
+    assert r.pending == 1
     assert r.add("t", b[1]) == b"b" * 2000
     assert r.pending == 0
 
@@ -281,13 +282,20 @@ def test_ttl_expiry_drops_partial_messages() -> None:
     chunks = split_chunks(b"z" * 90, PREFIX_SIZE + 30)
     r = Reassembler(max_message_bytes=1000, ttl=10.0)
     assert r.add("t", chunks[0], now=100.0) is None
-    assert r.add("t", chunks[1], now=110.0) is None  # exactly ttl old: still kept
+    assert r.add("t", chunks[1], now=110.0) is None  # exactly ttl idle: still kept
     assert r.pending == 1
-    # Past the TTL the partial is dropped, so the last chunk starts a new partial instead.
-    assert r.add("t", chunks[2], now=110.5) is None
-    assert r.pending == 1
-    # An unrelated chunk later expires that one too.
-    assert r.add("t", chunk(b"o" * 16, 0, 1), now=200.0) == b"x"
+    assert r.take_dropped() == []
+    # The TTL counts from the last chunk, not the first: a slow but steady sender is never cut off.
+    assert r.add("t", chunks[2], now=115.0) == b"z" * 90
+    # A partial that gets nothing more for longer than the TTL is dropped and reported once.
+    assert r.add("t", chunks[0], now=200.0) is None
+    r.expire(now=210.5)
+    assert r.pending == 0
+    assert r.take_dropped() == [("t", "incomplete message: 1 of 3 chunks arrived, then none for 10 s")]
+    assert r.take_dropped() == []
+    # Its late chunks start a partial of their own, which expires in turn.
+    assert r.add("t", chunks[1], now=211.0) is None
+    assert r.add("t", chunk(b"o" * 16, 0, 1), now=300.0) == b"x"
     assert r.pending == 0
     # Expired bytes no longer count against the pending cap.
     big = split_chunks(b"w" * 3000, PREFIX_SIZE + 1000)
@@ -317,9 +325,10 @@ def test_mismatched_chunk_counts_refused() -> None:
         r.add("t", chunk(mid, 1, 4))
     assert r.pending == 0  # the whole message is dropped
     # The same message id on another topic is another message.
-    assert r.add("t", chunk(mid, 0, 3)) is None
+    assert r.add("t", chunk(mid, 0, 3)) is None  # a refused message stays refused
+    assert r.pending == 0
     assert r.add("u", chunk(mid, 1, 4)) is None
-    assert r.pending == 2
+    assert r.pending == 1
 
 
 @pytest.mark.parametrize(("index", "count"), [(3, 3), (0, 0), (5, 0), (2**32 - 1, 2), (1, 1)])
@@ -477,3 +486,53 @@ def test_fuzz_reassembler_chunk_sequences(steps: list) -> None:
             out = None
         assert out is None or len(out) <= 64
         assert_invariants(r)
+
+
+# --- first-chunk header checks and per-sender caps ------------------------------------------------
+
+
+def test_a_message_declaring_10_gb_is_refused_at_its_first_chunk() -> None:
+    payload = b"p" * 5000
+    declared = update_for(payload).model_copy(update={"payload": PayloadInfo(
+        codec="safetensors+zstd", size=10 * 1024**3, sha256="0" * 64)})
+    chunks = split_chunks(pack_message(declared, payload), PREFIX_SIZE + 1024)
+    r = Reassembler(max_message_bytes=1 << 20, check_headers=True)
+    with pytest.raises(ProtocolError, match="over the 1048576-byte limit"):
+        r.add("t", chunks[0])
+    assert all(r.add("t", c) is None for c in chunks[1:]), "the rest of a refused message is ignored"
+    assert r.pending == 0
+
+
+def test_a_chunk_count_the_declared_size_does_not_need_is_refused() -> None:
+    payload = b"p" * 5000
+    packed = pack_message(update_for(payload), payload)
+    first = split_chunks(packed, PREFIX_SIZE + 1024)[0]
+    mid, body = first[4:20], first[PREFIX_SIZE:]
+    r = Reassembler(max_message_bytes=1 << 20, check_headers=True)
+    with pytest.raises(ProtocolError, match="chunk"):
+        r.add("t", chunk(mid, 0, 4000, body))  # 4000 chunks claimed for a ~5.5 kB message
+    with pytest.raises(ProtocolError, match="header is not valid"):
+        r.add("u", chunk(mid, 0, 3, struct.pack("!I", 10) + b'{"x": 1} ' + b"y" * 100))
+
+
+@FAST
+@given(chunk_size=st.integers(PREFIX_SIZE + 8, 4096), size=st.integers(0, 20_000), seed=st.integers(0, 10**6))
+def test_header_checks_accept_every_well_formed_message(chunk_size: int, size: int, seed: int) -> None:
+    payload = random.Random(seed).randbytes(size)
+    packed = pack_message(update_for(payload), payload)
+    chunks = split_chunks(packed, chunk_size)
+    random.Random(seed).shuffle(chunks)
+    r = Reassembler(max_message_bytes=len(packed), check_headers=True)
+    out = [r.add("t", c) for c in chunks]
+    assert out[-1] == packed and all(o is None for o in out[:-1])
+
+
+def test_one_sender_cannot_hold_more_than_its_share_of_partial_messages() -> None:
+    r = Reassembler(max_message_bytes=1000, max_pending_per_topic=2)
+    assert r.add("evil", chunk(b"a" * 16, 0, 2)) is None
+    assert r.add("evil", chunk(b"b" * 16, 0, 2)) is None
+    with pytest.raises(ProtocolError, match="more than 2 partial messages are pending on evil"):
+        r.add("evil", chunk(b"c" * 16, 0, 2))
+    assert r.add("good", chunk(b"c" * 16, 0, 2)) is None, "other senders are not affected"
+    assert r.add("evil", chunk(b"a" * 16, 1, 2)) == b"xx"
+    assert r.add("evil", chunk(b"d" * 16, 0, 2)) is None, "a finished message frees its sender's slot"

@@ -1,0 +1,80 @@
+"""The interfaces: a ``Strategy`` as the aggregator sees it, and the ``Combiner`` and ``ServerStep`` it is built from."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ...schemas import StateDict
+
+Report = dict[str, float | int | str | list]
+
+
+class Strategy(Protocol):
+    """Turns one round's updates into the next global model.
+
+    ``streaming`` is True when memory stays one model-sized accumulator however many updates arrive.
+    """
+
+    name: str
+    streaming: bool
+
+    def begin(self, global_state: StateDict, *, sample_rate: float = 1.0) -> None:
+        """Start a round from the current global model. ``sample_rate``: the fraction of eligible silos
+        asked this round, only used by differential-privacy accounting."""
+
+    def add(self, state: StateDict, weight: float, *, base: StateDict | None = None, silo: str = "") -> None:
+        """Fold in one accepted update with its weight (the silo's sample count). Its delta is
+        ``state - base``; ``base`` defaults to the round's global model (async mode passes the older
+        version the silo trained from)."""
+
+    def result(self) -> StateDict:
+        """The new global model, in the global model's dtypes. Call once per round, after at least one ``add``."""
+
+    def report(self) -> Report:
+        """What the last ``result`` should be recorded with (selected silos, clipped updates, epsilon...)."""
+
+
+class Combiner(Protocol):
+    """How a round's float deltas become one delta. Integer buffers never reach a combiner."""
+
+    name: str
+    streaming: bool
+
+    def begin(self) -> None: ...
+
+    def add(self, delta: StateDict, weight: float, silo: str) -> None:
+        """Take one update's delta; it is the combiner's to keep or modify."""
+
+    def combine(self) -> StateDict: ...
+
+    def report(self) -> Report: ...
+
+
+class ServerStep(Protocol):
+    """How the combined delta moves the global model's float tensors."""
+
+    name: str
+
+    def step(self, params: StateDict, delta: StateDict) -> StateDict:
+        """The new float tensors; ``params`` must not be modified."""
+
+
+class KeepAll:
+    """Base of the robust combiners: they need every delta at once, so memory grows with the number of updates."""
+
+    streaming = False
+
+    def __init__(self) -> None:
+        self.deltas: list[StateDict] = []
+        self.silos: list[str] = []
+
+    def begin(self) -> None:
+        self.deltas = []
+        self.silos = []
+
+    def add(self, delta: StateDict, weight: float, silo: str) -> None:
+        self.deltas.append(delta)
+        self.silos.append(silo or f"update {len(self.silos) + 1}")
+
+    def report(self) -> Report:
+        return {}

@@ -1,0 +1,78 @@
+"""Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries")."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...schemas import StateDict
+from .base import KeepAll, Report
+
+log = logging.getLogger("fedmq.aggregator")
+
+
+def largest_f(n: int) -> int:
+    """The most byzantine updates Krum tolerates among ``n``: the largest f with n > 2f + 2."""
+    return max(0, (n - 3) // 2)
+
+
+def pairwise_sq_distances(deltas: list[StateDict]) -> torch.Tensor:
+    """The n x n matrix of squared L2 distances between the deltas taken as whole vectors, in float64."""
+    n = len(deltas)
+    out = torch.zeros(n, n, dtype=torch.float64)
+    for name in deltas[0]:
+        rows = torch.stack([d[name].reshape(-1) for d in deltas]).double()
+        out += torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist").square()
+    return out
+
+
+def krum_scores(distances: torch.Tensor, f: int) -> torch.Tensor:
+    """Each update's score: the sum of squared distances to its n - f - 2 nearest other updates (at least 1)."""
+    n = distances.shape[0]
+    if n == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    neighbours = min(n - 1, max(1, n - f - 2))
+    others = distances + torch.diag(torch.full((n,), float("inf"), dtype=torch.float64))
+    return others.sort(dim=1).values[:, :neighbours].sum(dim=1)
+
+
+class Krum(KeepAll):
+    """Krum: the delta with the lowest score; Multi-Krum (``multi=True``): the unweighted mean of the ``m``
+    lowest-scoring deltas, ``m`` defaulting to n - f. Keeps every delta (not streaming).
+
+    Krum's guarantee needs n > 2f + 2 updates. ``f=None`` takes the largest f that holds for the
+    round's n, floor((n - 3) / 2). A given ``f`` too large for a round's n (a round that closed with
+    fewer updates) is lowered to that for the round, with a warning; ``report`` gives the f used.
+    Sample weights are ignored: they are what a silo claims.
+    """
+
+    def __init__(self, f: int | None = None, *, multi: bool = False, m: int | None = None) -> None:
+        super().__init__()
+        if f is not None and f < 0:
+            raise ValueError("f must be at least 0")
+        if m is not None and (m < 1 or not multi):
+            raise ValueError("m must be at least 1, and only Multi-Krum averages several updates")
+        self.name = "multi-krum" if multi else "krum"
+        self.f = f
+        self.multi = multi
+        self.m = m
+        self._report: Report = {}
+
+    def combine(self) -> StateDict:
+        n = len(self.deltas)
+        if n == 0:
+            raise RuntimeError("no update was added")
+        f = largest_f(n) if self.f is None else min(self.f, largest_f(n))
+        if self.f is not None and f < self.f:
+            log.warning("%s: %d update(s) cannot tolerate f=%d (needs n > 2f + 2); using f=%d this round",
+                        self.name, n, self.f, f)
+        count = (self.m or n - f) if self.multi else 1
+        chosen = krum_scores(pairwise_sq_distances(self.deltas), f).argsort(stable=True)[:min(count, n)].tolist()
+        self._report = {"krum_f": f, "selected": [self.silos[i] for i in chosen]}
+        if len(chosen) == 1:
+            return self.deltas[chosen[0]]
+        return {name: torch.stack([self.deltas[i][name] for i in chosen]).mean(dim=0) for name in self.deltas[0]}
+
+    def report(self) -> Report:
+        return self._report
