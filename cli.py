@@ -15,9 +15,12 @@ from typing import Any
 import click
 
 from . import __version__
+from .config_file import config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
+from .schemas.codecs.names import CODECS, DEFAULT_CODEC
+from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
 
 log = logging.getLogger("fedmq")
 
@@ -78,6 +81,7 @@ def _check_job(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 @click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="fedmq")
+@config_option
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
@@ -201,6 +205,9 @@ def _strategy_options(f: Any) -> Any:
               help="Sample this many of the online silos for each round (at least --min-clients).")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
+@click.option("--codec", default=DEFAULT_CODEC, show_default=True, type=click.Choice(CODECS),
+              help="How the silos encode their updates: " + "; ".join(f"{n}: {d}" for n, d in CODEC_HELP.items())
+              + ". Models are always sent lossless.")
 @click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")
 @click.option("--keys", "keys_dir", type=click.Path(path_type=Path, file_okay=False),
               help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
@@ -236,16 +243,19 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
 @click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
 @click.option("--signing-key", envvar="FEDMQ_SIGNING_KEY", type=click.Path(path_type=Path, dir_okay=False),
               help="This silo's Ed25519 private key (AUTH_DIR/keys/<silo>.key), for jobs run with --sign.")
+@click.option("--nproc-per-node", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Train each round on this many processes of this machine with torch DistributedDataParallel "
+                   "(gloo on the CPU; NCCL with one GPU per process: cuda:N, cuda:N+1, ...). Only the first talks to the broker.")
 @_ca_file_option
 def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None,
-           device: str, signing_key: Path | None) -> None:
+           device: str, signing_key: Path | None, nproc_per_node: int) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
     from .broker.url import parse_broker_url
     from .edge_client.silo import ClientConfig, SiloClient
 
     config = ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=data, job=job,
                           work_dir=work_dir, connect_timeout=connect_timeout, device=device,
-                          signing_key=signing_key)
+                          signing_key=signing_key, nproc_per_node=nproc_per_node)
     sys.exit(SiloClient(config).run())
 
 
@@ -302,6 +312,21 @@ def export(db: str, job: str, round_number: int | None, out_dir: Path, out_file:
     from .export import export_model
 
     export_model(db, job, round_number, out_dir, out_file)
+
+
+# -- db --------------------------------------------------------------------------------------------
+@cli.group("db")
+def db_group() -> None:
+    """The store's database: its schema migrations."""
+
+
+@db_group.command("upgrade")
+@_db_option
+def db_upgrade(db: str) -> None:
+    """Create the store's tables or migrate them to this fedmq's schema (the aggregator does it at start)."""
+    from .store import upgrade_store
+
+    click.echo(upgrade_store(db))
 
 
 # -- data ------------------------------------------------------------------------------------------

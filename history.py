@@ -54,7 +54,7 @@ def open_existing_store(db: str) -> Store:
     if db.startswith("sqlite:///") and db != "sqlite:///:memory:":
         if not Path(db.removeprefix("sqlite:///")).exists():
             raise StoreError(f"no store at {db}", hint="run `fedmq aggregator` first, or pass the --db it used")
-    return Store(db)
+    return Store(db, create=False)  # a reader: never migrates, says when the store is older than the code
 
 
 def _print_jobs(jobs: list[dict[str, Any]], as_json: bool, db: str) -> None:

@@ -101,7 +101,7 @@ class BufferedFederation(Federation):
             raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again)")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
-        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes)
+        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes, base=base.base)
         check_tensors(state, base.state)
         self.strategy.add(state, update.num_samples * staleness_weight(staleness), base=base.state, silo=update.silo)
         buffer.seen.add(update.payload.sha256)

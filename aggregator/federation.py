@@ -22,6 +22,8 @@ from typing import Any
 from ..broker.connection import Connection, Refused
 from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
 from ..schemas import (
+    DEFAULT_CODEC,
+    Base,
     Envelope,
     JobSpec,
     ModelSync,
@@ -37,6 +39,7 @@ from ..schemas import (
     sha256_hex,
 )
 from ..schemas.catalog import check_model
+from ..schemas.codec import lossless_codec
 from ..schemas.messages import InitRequest, RoundStatus
 from ..schemas.signing import verify
 from ..store import Store
@@ -64,11 +67,19 @@ class GlobalModel:
     state: StateDict
     payload: bytes
     digest: str
+    codec: str = DEFAULT_CODEC
 
     @classmethod
     def of(cls, version: int, state: StateDict, codec: str) -> GlobalModel:
+        """Encode with the job's codec if it is lossless, else the default: a model is always sent exactly."""
+        codec = lossless_codec(codec)
         payload = encode_state(state, codec)
-        return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload))
+        return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload), codec=codec)
+
+    @property
+    def base(self) -> Base:
+        """What an update trained from this model is decoded against (lossy codecs send only the change)."""
+        return Base(self.state, self.digest)
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Federation:
         self.finishing = False
         self.announced: tuple[int, set[str], bool] | None = None  # (round, silos asked, sampled) of the last broadcast
         self._last_wait_log = 0.0
+        self._rejected_in_round: dict[str, str] = {}  # silo -> its last rejection's reason, for the waiting log
         self._last_status: RoundStatus | None = None
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
         if config.sign and config.keys_dir is None:
@@ -223,7 +235,7 @@ class Federation:
                               hint=f"pass --rounds above {done} to train further, or use another --job name")
         self.job_id = job.id
         self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds, "signed": self.cfg.sign,
-                                              "mu": self.cfg.mu,
+                                              "mu": self.cfg.mu, "codec": self.cfg.codec,
                                               "status": "running" if stored.labels else "waiting"})
         path = checkpoint_path(self.cfg.out, self.cfg.job, done)
         if path.exists():
@@ -402,6 +414,7 @@ class Federation:
             self._announce(number)  # otherwise it went out with the previous round's test request
         _, asked, sampled = self.announced
         self.round_id = self.store.open_round(self.job_id, number)
+        self._rejected_in_round = {}
         self.round = RoundBook(number=number, min_clients=self.spec.min_clients, base_digest=self.global_model.digest,
                                deadline=now + self.cfg.round_timeout, waiting=asked & self._eligible(), sampled=sampled)
         self.strategy.begin(self.global_model.state)
@@ -422,7 +435,7 @@ class Federation:
         model = self.global_model
         header = ModelSync(job=self.cfg.job, run_id=self.run_id, version=model.version, train_round=train_round,
                            train_silos=train_silos,
-                           payload=PayloadInfo(codec=self.spec.codec, size=len(model.payload), sha256=model.digest))
+                           payload=PayloadInfo(codec=model.codec, size=len(model.payload), sha256=model.digest))
         self.conn.publish(topic, header, model.payload, chunk_size=self.spec.chunk_size)
 
     def _send_test_request(self, number: int, digest: str) -> None:
@@ -439,7 +452,7 @@ class Federation:
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")
         current.admit(update.silo, update.round, update.base_digest, update.num_samples)
-        state = decode_state(payload, update.payload.codec, self.max_update_bytes)
+        state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=self.global_model.base)
         check_tensors(state, self.global_model.state)
         self.strategy.add(state, float(update.num_samples), silo=update.silo)
         current.count(update.silo, update.num_samples, update.train_loss)
@@ -453,6 +466,8 @@ class Federation:
 
     def _reject(self, silo: str, reason: str, update: Update | None = None, size: int = 0) -> None:
         log.warning("rejected an update from %s: %s", silo, reason)
+        if self.round is not None:
+            self._rejected_in_round[silo] = reason
         self.store.record_update(
             self.job_id, self.round_id if self.round else None, silo, accepted=False, reason=reason,
             claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
@@ -470,6 +485,12 @@ class Federation:
             log.info("round %d has %d update(s) of the %d needed; waiting for %s", current.number,
                      len(current.contributors), self.spec.min_clients,
                      ", ".join(sorted(current.waiting)) or "more silos to come online")
+            rejected = {s: r for s, r in self._rejected_in_round.items() if s not in current.contributors}
+            if rejected:
+                log.warning("round %d: the updates of %s were rejected (%s); a valid update from them still counts. "
+                            "If every update is rejected the job cannot go on: see `fedmq history --round %d`, "
+                            "fix the cause (a diverging --lr or DP noise, say) and restart the job",
+                            current.number, ", ".join(sorted(rejected)), next(iter(rejected.values())), current.number)
         if now >= current.deadline:
             current.deadline = now + self.cfg.round_timeout
 

@@ -3,7 +3,10 @@
 paho-mqtt 2 (callback API v2), MQTT 3.1.1 for the widest broker support, QoS 1 everywhere,
 automatic reconnect with backoff and re-subscription. Chunks are reassembled on paho's network
 thread; whole, verified messages (or the reason one was refused) land in ``inbox`` for the
-process's own thread to handle, so no model work ever runs inside a paho callback.
+process's own thread to handle, so no model work ever runs inside a paho callback. Before its first
+publish, and before any larger chunk than before, the broker is probed (broker/probe.py): a broker
+without QoS 1 or retained messages is a clear error, not a hang, and chunks larger than it carries
+are cut smaller, with a warning.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ..errors import BrokerError, ProtocolError
 from ..schemas import DEFAULT_CHUNK_SIZE, Envelope, Reassembler, encode_chunks, unpack_message
 from ..schemas.framing import pack_message, split_chunks
-from ..schemas.messages import Message
+from ..schemas.messages import JobSpec, Message
+from .probe import BrokerProbe
 from .url import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class Connection:
         max_message_bytes: int,
         will: tuple[str, Message] | None = None,
         stall_timeout: float = STALL_TIMEOUT_S,
+        probe: bool = True,
     ) -> None:
         self.url = url
         self.subscriptions = list(subscriptions)
@@ -67,10 +72,15 @@ class Connection:
         self._online = threading.Event()  # set while connected
         self._refusal: str | None = None
         self._answered = threading.Event()  # set by the first CONNACK, accepted or refused
+        self._unanswered_drops = 0  # connections dropped before any CONNACK: twice is an answer too
+        self._suback_topics: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
+        self._refused_topics: list[str] = []
+        self._subscribed = threading.Event()  # set once every first subscription was answered
         self._retained: dict[str, bytes] = {}
         self.epoch = 0  # counts successful (re)connections: a change means messages may have been lost
         self._retained_lock = threading.Lock()
         client_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._probe = BrokerProbe(url, client_id) if probe else None
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
         )
@@ -78,6 +88,7 @@ class Connection:
             self._client.username_pw_set(url.username, url.password)
         if url.tls:
             self._client.tls_set(ca_certs=str(url.ca_file) if url.ca_file else None)
+        self._will = will is not None
         if will is not None:
             topic, header = will
             self._client.will_set(topic, _single_chunk(header), qos=QOS, retain=True)
@@ -85,6 +96,7 @@ class Connection:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # -- lifecycle -----------------------------------------------------------------------------
     def connect(self, timeout: float = 30.0) -> None:
@@ -109,7 +121,17 @@ class Connection:
         self._answered.wait(max(1.0, deadline - time.monotonic()))
         if not self._connected.is_set():
             self.close()
+            if self._refusal is None and self._probe is not None and self._will:
+                # Dropped without an answer: a broker that lacks what the last will needs (a retained
+                # QoS 1 message) does that. The probe, which sends no will, says which it is.
+                self._probe.check()
             raise _refusal_error(self.url, self._refusal)
+        if self.subscriptions and self._subscribed.wait(max(1.0, deadline - time.monotonic())) and self._refused_topics:
+            self.close()
+            raise BrokerError(f"the broker at {self.url} refused the subscription to {', '.join(self._refused_topics)}",
+                              hint="check its ACL (a silo logs in with its silo name as username: see `fedmq broker "
+                                   "--auth-dir`); NATS before 2.10 takes no '.' in a topic: use job and silo names "
+                                   "without one")
 
     def close(self) -> None:
         self._client.disconnect()
@@ -135,6 +157,12 @@ class Connection:
         broker retains only the last packet of a topic.
         """
         chunks = [_single_chunk(header)] if retain else encode_chunks(header, payload, chunk_size)
+        largest = max(len(c) for c in chunks)
+        fitted = self.probe(largest)
+        if fitted < largest:  # the broker does not carry chunks this large: smaller ones, which receivers take as well
+            if retain:
+                raise BrokerError(f"a retained message of {largest} bytes is larger than the broker at {self.url} carries")
+            chunks = encode_chunks(header, payload, fitted)
         self._send(topic, chunks, retain, timeout)
         return sum(len(c) for c in chunks)
 
@@ -157,8 +185,8 @@ class Connection:
                       timeout: float) -> bool:
         """True once the broker acknowledged all; False if the connection dropped first."""
         for info in infos:
-            while not info.is_published():
-                if self.epoch != epoch or not self._online.is_set():
+            while not _is_published(info):
+                if self.epoch != epoch or not self._online.is_set() or info.rc == mqtt.MQTT_ERR_NO_CONN:
                     return False
                 if time.monotonic() >= deadline:
                     raise BrokerError(
@@ -180,6 +208,9 @@ class Connection:
         them on reconnect (job spec, presence) is what lets a late silo still learn the job.
         """
         chunk = _single_chunk(header)
+        # A job spec names the chunk size of the job's messages: one the broker cannot carry is
+        # found (and a smaller one chosen) as the aggregator starts, not at its first model.
+        self.probe(max(len(chunk), header.chunk_size if isinstance(header, JobSpec) else 0))
         with self._retained_lock:
             self._retained[topic] = chunk
         self._send(topic, [chunk], retain=True, timeout=timeout)
@@ -188,6 +219,12 @@ class Connection:
         with self._retained_lock:
             self._retained.pop(topic, None)
         self._client.publish(topic, b"", qos=QOS, retain=True).wait_for_publish(timeout=10)
+
+    def probe(self, chunk_bytes: int = 0) -> int:
+        """Check the broker (once; again for a larger chunk) and raise ``BrokerError`` naming what it
+        lacks. Returns the chunk size to send instead of ``chunk_bytes``: smaller where the broker
+        does not carry that (see broker/probe.py)."""
+        return chunk_bytes if self._probe is None else self._probe.check(chunk_bytes)
 
     # -- receiving -----------------------------------------------------------------------------
     def receive(self, timeout: float | None) -> Incoming | None:
@@ -216,8 +253,9 @@ class Connection:
             log.error("broker %s refused the connection: %s", self.url, reason_code)
             self._answered.set()
             return
+        self._suback_topics.clear()  # what a dropped connection left unanswered
         for topic in self.subscriptions:
-            client.subscribe(topic, qos=QOS)
+            self._suback_topics[client.subscribe(topic, qos=QOS)[1]] = topic
         with self._retained_lock:
             for topic, chunk in self._retained.items():
                 client.publish(topic, chunk, qos=QOS, retain=True)
@@ -228,8 +266,20 @@ class Connection:
         self._online.set()
         self._answered.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
+        topic = self._suback_topics.pop(mid, None)
+        if topic is not None and any(code.is_failure for code in reason_codes):
+            log.error("the broker at %s refused the subscription to %s", self.url, topic)
+            self._refused_topics.append(topic)
+        if not self._suback_topics:
+            self._subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
         self._online.clear()
+        if not self._connected.is_set():
+            self._unanswered_drops += 1
+            if self._unanswered_drops >= 2:  # dropped on CONNECT: a TLS listener, or a will it will not take
+                self._answered.set()
         if reason_code.value != 0:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
 
@@ -269,6 +319,14 @@ def _tls_error(url: BrokerUrl, exc: ssl.SSLError) -> BrokerError:
                            hint="pass the broker's CA as --ca-file or $FEDMQ_CA_FILE: DIR/ca.crt of `fedmq broker --tls-dir DIR`")
     return BrokerError(f"TLS with the broker at {url} failed: {exc.reason or exc}",
                        hint="is it a TLS listener? use mqtts:// only for one, mqtt:// otherwise")
+
+
+def _is_published(info: mqtt.MQTTMessageInfo) -> bool:
+    """paho raises for a message queued while disconnected (sent on reconnect): that is "not yet"."""
+    try:
+        return info.is_published()
+    except RuntimeError:
+        return False
 
 
 def _single_chunk(header: Message) -> bytes:

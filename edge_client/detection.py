@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ..errors import DataError
 from ..schemas import JobSpec
@@ -45,13 +45,13 @@ class DetectionTask:
     def build_model(self, spec: JobSpec) -> nn.Module:
         return build_model(spec.task, spec.model, spec.output_classes, spec.seed)
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
+    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger, sampler: Sampler | None = None) -> TrainResult:
         started = time.perf_counter()
         n = len(self.train_set)
         if spec.local_epochs == 0:
             return TrainResult(num_samples=n, loss=None, seconds=0.0)
-        loader = DataLoader(self.train_set, batch_size=spec.batch_size, shuffle=True, generator=self._shuffle,
-                            collate_fn=collate_detection)
+        loader = DataLoader(self.train_set, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=self._shuffle, collate_fn=collate_detection)
         params = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=WEIGHT_DECAY)
         prox = proximal(model, spec.mu)  # FedProx; 0 for every other strategy

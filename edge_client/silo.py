@@ -20,6 +20,7 @@ from ..broker.url import BrokerUrl
 from ..errors import BrokerError, ConfigError, DataError, ProtocolError
 from ..schemas import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    Base,
     Envelope,
     JobSpec,
     ModelSync,
@@ -34,8 +35,10 @@ from ..schemas import (
     encode_state,
     sha256_hex,
 )
+from ..schemas.codec import lossless_codec, update_seed
 from ..schemas.messages import InitRequest
 from ..schemas.signing import Signed, sign
+from .distributed import make_trainer
 from .progress import Progress
 from .task import Task, open_task, pick_device
 
@@ -53,6 +56,7 @@ class ClientConfig:
     connect_timeout: float = 30.0
     device: str = "auto"
     signing_key: Path | None = None  # this silo's Ed25519 private key (PEM), for jobs that require signatures
+    nproc_per_node: int = 1  # > 1: train each round with DDP on this many local processes (distributed.py)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class RunState:
     results: dict[int, TestResult] = field(default_factory=dict)
     # async mode: the newest model and the version it is meant to make; trained on again and again
     async_target: tuple[int, str] | None = None
+    residual: StateDict = field(default_factory=dict)  # delta-topk's error feedback: the change not sent yet
 
 
 class SiloClient:
@@ -77,6 +82,7 @@ class SiloClient:
         self.topics = Topics(config.job)
         self.task: Task = open_task(config.data)
         self.device = pick_device(config.device)
+        self.trainer = make_trainer(self.task, config.data, config.nproc_per_node, self.device)
         self.work_dir = config.work_dir or Path(".fedmq") / config.job / config.silo
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.loss_log = self.work_dir / "loss.log"
@@ -99,6 +105,7 @@ class SiloClient:
         log.info("silo %s online on %s: %s data, %d label(s); waiting for job %r", self.cfg.silo, self.cfg.broker,
                  self.task.name, len(self.task.labels), self.cfg.job)
         try:
+            self.trainer.start()
             while True:
                 state = self.run_state
                 keep_training = state is not None and state.async_target is not None and state.spec.status == "running"
@@ -114,6 +121,7 @@ class SiloClient:
                     if code is not None:
                         return code
         finally:
+            self.trainer.close()
             try:  # say goodbye explicitly: the last will only fires on an unclean disconnect
                 self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False),
                                        timeout=5)
@@ -232,7 +240,7 @@ class SiloClient:
                 out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
                 bar.advance(note=f"epoch {epoch}, loss {losses.get('total_loss', float('nan')):.4f}")
 
-            result = self.task.train(state.model, state.spec, log_step)
+            result = self.trainer.train(state.model, state.spec, log_step)
         state.trained_round = round_number
         weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
         loss = result.loss
@@ -247,10 +255,15 @@ class SiloClient:
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
-        payload = encode_state(weights, state.spec.codec)
+        # A lossy job codec encodes the change from the model trained on; the initial weights have none and go lossless.
+        held = state.models.get(base_digest or "")
+        base = Base(held[1], base_digest) if held else None
+        codec = state.spec.codec if base else lossless_codec(state.spec.codec)
+        payload = encode_state(weights, codec, base=base, residual=state.residual,
+                               seed=update_seed(state.spec.run_id, self.cfg.silo, round_number, base_digest))
         header = Update(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
                         base_digest=base_digest, num_samples=num_samples, train_loss=loss, train_seconds=seconds,
-                        payload=PayloadInfo(codec=state.spec.codec, size=len(payload), sha256=sha256_hex(payload)))
+                        payload=PayloadInfo(codec=codec, size=len(payload), sha256=sha256_hex(payload)))
         header = self._signed(header)
         state.last_update = (header, payload)
         self._publish_update(header, payload, state.spec.chunk_size)

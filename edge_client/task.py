@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import Sampler
 
 from ..errors import DataError
 from ..schemas import JobSpec
@@ -34,7 +35,9 @@ class Task(Protocol):
 
     def build_model(self, spec: JobSpec) -> nn.Module: ...
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult: ...
+    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger, sampler: Sampler | None = None) -> TrainResult:
+        """One round's local training. ``sampler``, when given, picks this process's share of the training
+        split (a DistributedDataParallel rank's shard); the result still counts the whole split."""
 
     def evaluate(self, model: nn.Module) -> tuple[int, dict[str, float]]:
         """(number of test samples, metrics) of ``model`` on the local test split."""

@@ -4,7 +4,7 @@ Pure: no sockets, no database, no model code. Both the aggregator and the silos 
 nothing else spells a topic or a header field.
 """
 
-from .codec import DEFAULT_CODEC, StateDict, decode_state, encode_state, sha256_hex
+from .codec import CODECS, DEFAULT_CODEC, Base, StateDict, decode_state, encode_state, sha256_hex
 from .framing import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Reassembler, encode_chunks, unpack_message
 from .messages import (
     PROTOCOL_VERSION,
@@ -21,10 +21,12 @@ from .messages import (
 from .topics import Topics, check_name
 
 __all__ = [
+    "CODECS",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CODEC",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "PROTOCOL_VERSION",
+    "Base",
     "Envelope",
     "InitRequest",
     "JobSpec",

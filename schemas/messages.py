@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from ..errors import ProtocolError
+from .codecs.names import CODECS
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
@@ -87,6 +88,14 @@ class JobSpec(_RunHeader):
     max_update_bytes: Annotated[int, Field(ge=1024)]
     signed: bool = False  # silos must sign updates and results (schemas/signing.py)
     mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        """Both sides must know the job's codec: silos encode their updates with it (schemas/codec.py)."""
+        if value not in CODECS:
+            raise ValueError(f"unknown payload codec {value!r}; supported: {', '.join(CODECS)}")
+        return value
 
 
 class InitRequest(_RunHeader):

@@ -1,5 +1,5 @@
-"""The store: SQLAlchemy models and the named operations on them."""
+"""The store: SQLAlchemy models, their migrations and the named operations on them."""
 
-from .store import DEFAULT_DB, Store
+from .store import DEFAULT_DB, Store, upgrade_store
 
-__all__ = ["DEFAULT_DB", "Store"]
+__all__ = ["DEFAULT_DB", "Store", "upgrade_store"]

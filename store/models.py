@@ -2,13 +2,15 @@
 
 A round is ``open`` (training) -> ``evaluating`` (aggregated, the new model is being tested) ->
 ``completed``, or ``failed``. Every update is recorded once, accepted or rejected with a reason.
+
+A change here needs a migration in migrations/versions/ (see migrate.py).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -75,7 +77,8 @@ class UpdateRecord(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     base_version: Mapped[int | None] = mapped_column(Integer)  # the global model version it trained from
     staleness: Mapped[int | None] = mapped_column(Integer)  # versions the global model moved on since
-    superseded: Mapped[bool] = mapped_column(Boolean, default=False)  # its round was reopened after a restart
+    # its round was reopened after a restart; the server default fills the rows of stores made before it
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     round: Mapped[Round | None] = relationship(back_populates="updates")

@@ -1,7 +1,9 @@
 """The store: open a database by URL and the named operations the aggregator and history need.
 
 The aggregator writes through these methods, each one short transaction, so that ``fedmq history``
-can read while a job runs (SQLite is put in WAL mode for that).
+can read while a job runs (SQLite is put in WAL mode for that). Any SQLAlchemy URL with a driver
+installed works; SQLite and PostgreSQL (psycopg 3) are tested. The tables come from the migrations
+(migrate.py), never from ``create_all``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy import create_engine, event, func, inspect, select
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..errors import StoreError
-from .models import Base, Evaluation, Job, Round, Silo, UpdateRecord, utcnow
+from .migrate import check_current, head, upgrade
+from .models import Evaluation, Job, Round, Silo, UpdateRecord, utcnow
 
 DEFAULT_DB = "sqlite:///fedmq.db"
 
@@ -29,12 +32,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+PG_CONNECT_TIMEOUT_S = 10
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for ``url``. ``postgresql://`` means psycopg 3 (the driver fedmq installs), not psycopg2."""
     try:
-        engine = create_engine(url)
-    except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-        raise StoreError(f"cannot use database URL {_safe(url)}: {exc}",
-                         hint="pass --db sqlite:///path/to/fedmq.db or another SQLAlchemy URL") from None
+        parsed = make_url(url)
+        options: dict[str, Any] = {}
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_backend_name() == "postgresql":
+            options["pool_pre_ping"] = True  # a long job outlives a server restart
+            if "connect_timeout" not in parsed.query:
+                options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        engine = create_engine(parsed, **options)
+    except (ArgumentError, ImportError, SQLAlchemyError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise StoreError(f"cannot use database URL {_safe(url)}: {exc}", hint=_url_hint(url)) from None
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:" and not Path(database).parent.exists():
@@ -43,14 +57,44 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _url_hint(url: str) -> str:
+    if url.startswith("postgres"):
+        return ("PostgreSQL URLs look like postgresql+psycopg://user[:password]@host[:port]/database "
+                "(the driver: pip install 'psycopg[binary]')")
+    return "pass --db sqlite:///path/to/fedmq.db, postgresql+psycopg://user@host/db or another SQLAlchemy URL"
+
+
+def _open_hint(url: URL) -> str:
+    if url.get_backend_name() == "postgresql":
+        return ("check the --db URL (postgresql+psycopg://user[:password]@host[:port]/database), that the server runs "
+                "and lets this user in, and that the database exists (createdb NAME)")
+    return "check the --db URL, the file's permissions, or that the server runs"
+
+
+def _reason(exc: SQLAlchemyError, url: URL) -> str:
+    """The driver's message on one line, without the URL's password should a driver echo it."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return reason.replace(url.password, "***") if url.password else reason
+
+
 def _safe(url: str) -> str:
     """The URL with any password masked, for messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable URL>"
+
+
+def upgrade_store(url: str) -> str:
+    """``fedmq db upgrade``: create or migrate the tables at ``url``; says what it did."""
+    store = Store(url, create=True)
+    store.close()
+    where, before, now = _safe(url), store.revision_before, head()
+    if before is None:
+        return f"created the store's tables at {where} (schema revision {now})"
+    if before == now:
+        return f"the store at {where} is up to date (schema revision {now})"
+    return f"upgraded the store at {where} from schema revision {before} to {now}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -58,20 +102,29 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class Store:
-    """The aggregator's memory. ``create=False`` opens an existing store read-only in spirit."""
+    """The aggregator's memory.
+
+    ``create=True`` (the aggregator) creates the tables or migrates them to this fedmq's schema;
+    ``create=False`` (readers) changes nothing and refuses a database older than the code.
+    """
 
     def __init__(self, url: str = DEFAULT_DB, create: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.revision_before: str | None = None  # with create=True: the schema revision found, None if empty
         try:
             if create:
-                Base.metadata.create_all(self.engine)
+                self.revision_before, _ = upgrade(self.engine)
+                self._has_tables = True
             else:
-                with self.engine.connect():
-                    pass
-        except OperationalError as exc:
-            raise StoreError(f"cannot open the database {_safe(url)}: {exc.orig}",
-                             hint="check the --db URL, the file's permissions, or that the server runs") from None
+                self._has_tables = check_current(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database {_safe(url)}: {_reason(exc, self.engine.url)}",
+                             hint=_open_hint(self.engine.url)) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
@@ -81,7 +134,15 @@ class Store:
         self.engine.dispose()
 
     # -- jobs -----------------------------------------------------------------------------------
+    def _tables_exist(self) -> bool:
+        """False while a reader's database has no tables yet (the aggregator has not started)."""
+        if not self._has_tables:
+            self._has_tables = inspect(self.engine).has_table("jobs")
+        return self._has_tables
+
     def find_job(self, name: str) -> Job | None:
+        if not self._tables_exist():
+            return None
         with self.session() as s:
             return s.scalar(select(Job).where(Job.name == name))
 
@@ -174,6 +235,8 @@ class Store:
 
     # -- reading, for `fedmq history` ------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
+        if not self._tables_exist():
+            return []
         with self.session() as s:
             completed = (
                 select(Round.job_id, func.count(Round.id).label("n"))
@@ -190,7 +253,7 @@ class Store:
             ]
 
     def _job_named(self, s: Session, job_name: str) -> Job:
-        job = s.scalar(select(Job).where(Job.name == job_name))
+        job = s.scalar(select(Job).where(Job.name == job_name)) if self._tables_exist() else None
         if job is None:
             raise StoreError(f"no job named {job_name!r} in {_safe(self.url)}",
                              hint="run `fedmq history` without --job to list the jobs, or check --db")

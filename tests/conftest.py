@@ -1,10 +1,12 @@
-"""Shared fixtures: a real Mosquitto on a free port, real SQLite stores, the fedmq CLI as a process."""
+"""Shared fixtures: a real Mosquitto on a free port, real SQLite stores, a fresh PostgreSQL database,
+the fedmq CLI as a process."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +64,37 @@ def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path / "mosquitto")
     yield broker
     broker.stop()
+
+
+# An admin URL on the test server (CI runs one like it); each test gets a database of its own there.
+POSTGRES_ENV = "FEDMQ_TEST_POSTGRES"
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh, uniquely named PostgreSQL database, dropped after the test. A server that
+    cannot be reached fails the test (these tests are not optional): start PostgreSQL on
+    127.0.0.1:5432 with trust auth, or point $FEDMQ_TEST_POSTGRES at an admin URL."""
+    from sqlalchemy import create_engine, make_url
+    from sqlalchemy.pool import NullPool
+
+    admin_url = make_url(os.environ.get(POSTGRES_ENV, POSTGRES_ADMIN))
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 5})
+    name = f"fedmq_test_{uuid.uuid4().hex[:16]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        pytest.fail(f"PostgreSQL is required: cannot create a database through {admin_url!r} ({reason}). Start "
+                    f"a server on 127.0.0.1:5432 with trust auth or set ${POSTGRES_ENV} to an admin URL.", pytrace=False)
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def fedmq_env() -> dict[str, str]:

@@ -59,7 +59,7 @@ class HostileSilo:
         self.conn.close()
 
     def _send(self, state, round_number: int, base: str, run_id: str, topic: str | None = None) -> None:
-        payload = encode_state(state)
+        payload = encode_state(state, "safetensors+zstd")
         header = Update(job=self.topics.job, run_id=run_id, silo=self.name, round=round_number, base_digest=base,
                         num_samples=10, payload=PayloadInfo(codec="safetensors+zstd", size=len(payload),
                                                             sha256=sha256_hex(payload)))

@@ -79,7 +79,7 @@ class HostileSilo:
             self.conn._client.publish(topic or self.topics.update(EVIL), chunk, qos=1).wait_for_publish(5)
 
     def send(self, state: dict, round_number: int, base: str, run_id: str, **kw) -> tuple[Update, bytes]:
-        payload = encode_state(state)
+        payload = encode_state(state, "safetensors+zstd")
         header = self.header(payload, round_number, base, run_id, **kw)
         self.raw(split_chunks(pack_message(header, payload), CHUNK))
         return header, payload
@@ -87,7 +87,7 @@ class HostileSilo:
     def attack_round_1(self) -> None:
         weights, digest, run_id = self.wait_for_round(1)
         name = next(k for k, v in weights.items() if v.is_floating_point() and v.ndim > 1)
-        payload = encode_state(weights)
+        payload = encode_state(weights, "safetensors+zstd")
         packed = pack_message(self.header(payload, 1, digest, run_id), payload)
         chunks = split_chunks(packed, CHUNK)
         assert len(chunks) > 2

@@ -26,7 +26,7 @@ def test_a_model_crosses_the_broker_in_many_small_chunks(mosquitto) -> None:
     sender = _conn(mosquitto.url, "tx", [])
     try:
         state = {"w": torch.randn(300, 100), "n": torch.tensor(3)}
-        payload = encode_state(state)
+        payload = encode_state(state, "safetensors+zstd")
         header = ModelSync(job=topics.job, run_id="r1", version=0, train_round=1,
                            payload=PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload)))
         sent = sender.publish(topics.model, header, payload, chunk_size=4096)

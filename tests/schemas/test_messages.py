@@ -10,6 +10,7 @@ import re
 import pydantic
 import pytest
 from fedmq.errors import ProtocolError
+from fedmq.schemas.codec import CODECS
 from fedmq.schemas.messages import (
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
@@ -150,7 +151,7 @@ messages = st.one_of(
         lr=st.floats(min_value=0, max_value=100, exclude_min=True),
         momentum=st.floats(min_value=0, max_value=1, exclude_max=True),
         seed=st.integers(-(2**63), 2**63),
-        codec=st.text(max_size=64),
+        codec=st.sampled_from(CODECS),
         chunk_size=st.integers(1024, 256 * 1024 * 1024),
         max_update_bytes=st.integers(1024, 2**40),
     ),

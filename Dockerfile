@@ -1,0 +1,42 @@
+# The fedmq image: every fedmq command, e.g. `docker run --rm fedmq:latest aggregator --help`.
+#
+#   docker build -t fedmq:latest .                         # CPU PyTorch (the default)
+#   docker build -t fedmq:cuda \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .    # CUDA PyTorch
+#
+# CPU by default: torch and torchvision come first, from PyTorch's CPU index
+#   pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
+# (a few hundred MB, where PyPI's default Linux build pulls gigabytes of CUDA libraries). Their
+# version 2.14.1+cpu satisfies pyproject.toml's torch==2.14.1 pin, so `pip install .` keeps them.
+#
+# CUDA variant: set TORCH_INDEX_URL to the CUDA index that pytorch.org lists for torch 2.14.1
+# (cu128 above is an example). The CUDA wheels carry their own CUDA libraries, so the slim base
+# still works; the host needs the NVIDIA driver and container toolkit (`docker run --gpus all`,
+# compose `gpus: all`) and silos run with FEDMQ_CLIENT_DEVICE=cuda. BASE_IMAGE swaps the base for
+# one a site prefers (it must have Python 3.11+ and pip).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+# The repository root is the fedmq package (pyproject.toml maps it); .dockerignore keeps out the rest.
+COPY . /src
+RUN pip install /src && rm -rf /src
+
+# Not root. /state is where compose mounts the store and checkpoints: a new named volume takes its owner from here.
+RUN useradd --create-home --uid 1000 fedmq \
+    && mkdir -p /state \
+    && chown fedmq:fedmq /state
+USER fedmq
+WORKDIR /home/fedmq
+
+ENTRYPOINT ["fedmq"]
+CMD ["--help"]

@@ -1,0 +1,332 @@
+"""docker-compose.yml, Dockerfile, .dockerignore and broker/mosquitto.conf, checked without Docker.
+
+Docker does not run where these tests run, so nothing here builds an image or starts a container.
+What can go wrong without it is checked instead: every fedmq command line in the compose file, and
+the options it ends up with once its FEDMQ_* variables are applied, are resolved by the real click
+command tree; the mounts, paths, broker address and start order must line up; the Dockerfile must
+copy files that exist and that .dockerignore lets through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from unittest import mock
+
+import click
+import pytest
+import yaml
+from fedmq.broker.url import parse_broker_url
+from fedmq.cli import cli
+from fedmq.config_file import known_envvars
+from fedmq.schemas import check_name
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+MOSQUITTO_CONF = ROOT / "broker" / "mosquitto.conf"
+MOSQUITTO_CONF_TARGET = "/mosquitto/config/mosquitto.conf"
+BROKER_SERVICE = "broker"
+
+
+# -- reading compose --------------------------------------------------------------------------------
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: Any) -> Any:
+    """Compose's ``${NAME:-default}`` with every variable unset, and ``$$`` for a literal ``$``."""
+    if isinstance(value, dict):
+        return {key: interpolate(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        if match.group(2) is None:
+            raise AssertionError(f"{match.group(0)} in docker-compose.yml has no default: `docker compose up` would need it set")
+        return match.group(2)
+
+    return _VARIABLE.sub(substitute, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return interpolate(yaml.safe_load(COMPOSE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def fedmq_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if s.get("image", "").startswith("fedmq:") or "build" in s}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+    @property
+    def named(self) -> bool:
+        return not self.source.startswith(("/", ".", "~"))
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    result = []
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        result.append(Mount(source, target, "ro" in (mode[0].split(",") if mode else [])))
+    return result
+
+
+def mount_holding(service: dict[str, Any], path: str) -> Mount | None:
+    """The mount that ``path`` (in the container) lies on, if any."""
+    for mount in mounts(service):
+        if PurePosixPath(path).is_relative_to(mount.target):
+            return mount
+    return None
+
+
+def fedmq_invocations(service: dict[str, Any]) -> list[list[str]]:
+    """The fedmq command lines a service runs: its command (the image's ENTRYPOINT is fedmq), or those in its shell script."""
+    entrypoint = service.get("entrypoint")
+    if entrypoint is None:
+        return [list(service["command"])]
+    assert entrypoint == ["sh", "-c"], f"unexpected entrypoint {entrypoint}"
+    found = []
+    for line in service["command"][0].splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        for start in (i for i, token in enumerate(tokens) if token == "fedmq"):
+            end = next((i for i in range(start, len(tokens)) if tokens[i] in (";", "&&", "||", "|")), len(tokens))
+            found.append(tokens[start + 1:end])
+    assert found, "a shell service that runs no fedmq command"
+    return found
+
+
+# -- reading the command tree -----------------------------------------------------------------------
+def split_command_line(argv: list[str]) -> tuple[list[str], list[str], click.Command, list[str]]:
+    """``fedmq [ROOT OPTIONS] COMMAND... [OPTIONS]`` as root options, command path, command, its arguments."""
+    root_args, rest = [], list(argv)
+    while rest and rest[0].startswith("-"):
+        root_args.append(rest.pop(0))
+        option = _option(cli, root_args[-1])
+        if not option.is_flag and "=" not in root_args[-1]:
+            root_args.append(rest.pop(0))
+    command: click.Command = cli
+    path = []
+    while isinstance(command, click.Group):
+        assert rest, f"`fedmq {' '.join(argv)}` names no command"
+        assert rest[0] in command.commands, f"`fedmq {' '.join(argv)}`: no command {rest[0]!r}"
+        path.append(rest.pop(0))
+        command = command.commands[path[-1]]
+    return root_args, path, command, rest
+
+
+def _option(command: click.Command, flag: str) -> click.Option:
+    name = flag.split("=", 1)[0]
+    for param in command.params:
+        if isinstance(param, click.Option) and name in (*param.opts, *param.secondary_opts):
+            return param
+    raise AssertionError(f"`{command.name}` has no option {name}")
+
+
+def effective_params(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """The options a command line gets inside the container: click itself resolves flags, variables and defaults."""
+    root_args, path, command, args = split_command_line(argv)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        ctx = cli.make_context("fedmq", [*root_args, path[0]])
+        group: click.Command = cli
+        for i, name in enumerate(path):
+            group = group.commands[name]
+            ctx = group.make_context(name, [path[i + 1]] if i + 1 < len(path) else list(args), parent=ctx)
+        return ctx.params
+
+
+def service_params(service: dict[str, Any]) -> dict[str, Any]:
+    (argv,) = fedmq_invocations(service)
+    return effective_params(argv, environment(service))
+
+
+def services_running(services: dict[str, dict[str, Any]], *path: str) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in fedmq_services(services).items()
+            if any(split_command_line(argv)[1] == list(path) for argv in fedmq_invocations(s))}
+
+
+# -- compose ----------------------------------------------------------------------------------------
+def test_compose_has_a_broker_an_aggregator_silos_and_synth(services: dict[str, dict[str, Any]]) -> None:
+    assert services[BROKER_SERVICE]["image"].startswith("eclipse-mosquitto:")
+    assert list(services_running(services, "aggregator")) == ["aggregator"]
+    assert len(services_running(services, "client")) == 3
+    assert list(services_running(services, "data", "synth")) == ["synth"]
+
+
+def test_every_fedmq_command_line_uses_commands_and_flags_that_exist(services: dict[str, dict[str, Any]]) -> None:
+    for service in fedmq_services(services).values():
+        for argv in fedmq_invocations(service):
+            root_args, path, command, args = split_command_line(argv)
+            for arg in args:
+                if arg.startswith("-"):
+                    _option(command, arg)
+            effective_params(argv, environment(service))  # values parse, required options are there
+
+
+def test_every_fedmq_variable_in_compose_is_read_by_fedmq(compose: dict[str, Any]) -> None:
+    known = known_envvars(cli)
+    used = {var for service in compose["services"].values() for var in environment(service) if var.startswith("FEDMQ_")}
+    assert used, "the services are configured through FEDMQ_* variables"
+    assert sorted(used - set(known)) == []
+
+
+def test_the_broker_url_names_the_broker_service_and_its_listener(services: dict[str, dict[str, Any]]) -> None:
+    listener = re.search(r"^listener\s+(\d+)", MOSQUITTO_CONF.read_text(), re.MULTILINE)
+    assert listener, "mosquitto.conf has no listener"
+    for name, service in {**services_running(services, "aggregator"), **services_running(services, "client")}.items():
+        url = parse_broker_url(service_params(service)["broker"])
+        assert (url.host, url.port) == (BROKER_SERVICE, int(listener.group(1))), name
+
+
+def test_the_broker_service_mounts_mosquitto_conf(services: dict[str, dict[str, Any]]) -> None:
+    (mount,) = [m for m in mounts(services[BROKER_SERVICE]) if m.target == MOSQUITTO_CONF_TARGET]
+    assert (ROOT / mount.source).resolve() == MOSQUITTO_CONF and mount.read_only
+    conf = MOSQUITTO_CONF.read_text()
+    assert re.search(r"^persistence\s+false", conf, re.MULTILINE)
+    assert re.search(r"^max_queued_messages\s+\d+", conf, re.MULTILINE)
+
+
+def test_the_store_and_checkpoints_are_on_a_named_volume(compose: dict[str, Any], services) -> None:
+    (aggregator,) = services_running(services, "aggregator").values()
+    params = service_params(aggregator)
+    db = params["db"]
+    assert db.startswith("sqlite:////"), "an absolute SQLite path in the container"
+    for path in (db.removeprefix("sqlite:///"), str(params["out"])):
+        mount = mount_holding(aggregator, path)
+        assert mount and mount.named and not mount.read_only, path
+        assert mount.source in compose["volumes"], f"volume {mount.source} is not declared"
+
+
+def test_history_and_export_run_in_the_aggregator_service_find_its_store(services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose run --rm aggregator history|export` reads the aggregator's store and checkpoints."""
+    (aggregator,) = services_running(services, "aggregator").values()
+    env, params = environment(aggregator), service_params(aggregator)
+    assert effective_params(["history"], env)["db"] == params["db"]
+    export = effective_params(["export", "--out", "/state/model.pt"], env)
+    assert (export["db"], export["out_dir"]) == (params["db"], params["out"])
+
+
+def test_each_silo_reads_only_its_own_data_folder(services: dict[str, dict[str, Any]]) -> None:
+    (synth,) = services_running(services, "data", "synth").values()
+    (synth_mount,) = mounts(synth)
+    (synth_argv,) = fedmq_invocations(synth)
+    made = effective_params(synth_argv, environment(synth))["silos"]
+    sources, names = [], []
+    for name, service in services_running(services, "client").items():
+        params = service_params(service)
+        mount = mount_holding(service, str(params["data"]))
+        assert mount and mount.read_only and not mount.named, name
+        assert str(params["data"]) == mount.target, f"{name}: --data is the mounted folder itself"
+        assert PurePosixPath(mount.source).parent == PurePosixPath(synth_mount.source), f"{name}: synth's folder"
+        assert int(PurePosixPath(mount.source).name) < made, f"{name}: a folder synth makes"
+        sources.append(mount.source)
+        names.append(check_name("silo", params["silo"]))
+    assert len(set(sources)) == len(sources) and len(set(names)) == len(names)
+
+
+def test_services_start_in_order(services: dict[str, dict[str, Any]]) -> None:
+    assert "healthcheck" in services[BROKER_SERVICE]
+    (synth,) = services_running(services, "data", "synth")
+    for name in [*services_running(services, "aggregator"), *services_running(services, "client")]:
+        assert services[name]["depends_on"][BROKER_SERVICE]["condition"] == "service_healthy", name
+    for name in services_running(services, "client"):
+        assert services[name]["depends_on"][synth]["condition"] == "service_completed_successfully", name
+
+
+def test_synth_keeps_existing_data(services: dict[str, dict[str, Any]]) -> None:
+    (synth,) = services_running(services, "data", "synth").values()
+    script = synth["command"][0]
+    guard = script.index("exit 0")
+    assert "if [ -d /data/0/train ]" in script[:guard] and script.index("fedmq data synth") > guard
+
+
+# -- the image --------------------------------------------------------------------------------------
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(arg.split("=", 1) for op, arg in dockerfile_instructions() if op == "ARG" and "=" in arg)
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    copies = [arg.split() for op, arg in dockerfile_instructions() if op in ("COPY", "ADD")]
+    assert copies
+    for words in copies:
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        assert not any(w.startswith("--from") for w in words)
+        for source in sources:
+            assert (ROOT / source).exists(), source
+
+
+def test_the_image_runs_fedmq_as_a_user_with_the_pinned_cpu_torch() -> None:
+    instructions = dockerfile_instructions()
+    assert ("ENTRYPOINT", '["fedmq"]') in instructions
+    users = [arg for op, arg in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    args = dockerfile_args()
+    assert args["BASE_IMAGE"] == "python:3.11-slim"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    pins = dict(dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                if "==" in dep)
+    assert (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == (pins["torch"], pins["torchvision"])
+    assert any(op == "RUN" and "pip install /src" in arg for op, arg in instructions)
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore's rules: the last matching pattern wins, ``!`` lets through, a folder's rule covers its files."""
+    ignored = False
+    parts = PurePosixPath(path).parts
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for pattern in patterns:
+        negate, pattern = pattern.startswith("!"), pattern.lstrip("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_what_pip_install_needs_and_drops_secrets() -> None:
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = ["pyproject.toml", project["project"]["readme"]]
+    for package in project["tool"]["setuptools"]["packages"]:
+        folder = ROOT.joinpath(*package.split(".")[1:])
+        needed += [str(f.relative_to(ROOT)) for f in folder.glob("*.py")]
+    assert "cli.py" in needed and "config_file.py" in needed
+    assert [path for path in needed if dockerignored(path, patterns)] == []
+    for private in ("fedmq.toml", ".venv/bin/python", "fedmq.db", "auth/credentials.json", "tls/ca.key", "data/0/x.png",
+                    ".git/config", "tests/conftest.py"):
+        assert dockerignored(private, patterns), private
