@@ -100,8 +100,7 @@ class SiloClient:
         """Serve the job until it finishes. Returns the process exit code."""
         self.conn.connect(self.cfg.connect_timeout)
         presence = self.topics.presence(self.cfg.silo)
-        self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=True,
-                                                  task=self.task.name, labels=self.task.labels))
+        self._announce()
         log.info("silo %s online on %s: %s data, %d label(s); waiting for job %r", self.cfg.silo, self.cfg.broker,
                  self.task.name, len(self.task.labels), self.cfg.job)
         try:
@@ -128,6 +127,13 @@ class SiloClient:
             except BrokerError:
                 log.warning("could not mark silo %s offline; the broker will, through its last will", self.cfg.silo)
             self.conn.close()
+
+    def _announce(self) -> None:
+        """Say this silo is online, retained: an aggregator that starts later learns it from the broker,
+        except on RabbitMQ, which sends no retained message to its wildcard subscription; hence
+        _on_job says it again to every new run."""
+        self.conn.set_retained(self.topics.presence(self.cfg.silo), Presence(
+            job=self.cfg.job, silo=self.cfg.silo, online=True, task=self.task.name, labels=self.task.labels))
 
     def _handle(self, envelope: Envelope) -> int | None:
         """Handle one message; an exit code once the job this silo took part in has ended."""
@@ -175,6 +181,7 @@ class SiloClient:
         if self.run_state is None or self.run_state.spec.run_id != spec.run_id:
             self.run_state = RunState(spec=spec)
             log.info("job %r: %s, model %s, %d round(s)", spec.job, spec.task, spec.model, spec.rounds)
+            self._announce()  # a new run's aggregator may have missed the retained presence (RabbitMQ: wildcards)
         self.run_state.spec = spec
         if spec.status == "running" and self.run_state.model is None:
             unknown = sorted(set(self.task.labels) - set(spec.labels))

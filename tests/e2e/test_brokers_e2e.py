@@ -133,14 +133,10 @@ def test_two_rounds_of_resnet18_in_1_mib_chunks(federation: Federation) -> None:
     assert "dropped the probe's session" not in federation._log("aggregator")
 
 
-def test_silos_online_before_the_aggregator_are_found(federation: Federation, request: pytest.FixtureRequest) -> None:
+def test_silos_online_before_the_aggregator_are_found(federation: Federation) -> None:
     """The aggregator learns of silos that were online before it from their retained presences, through
     its wildcard subscription fedmq/<job>/presence/+. RabbitMQ sends no retained message to a wildcard
-    filter: until a silo announces itself again when it sees a new run, the aggregator never hears of it."""
-    if federation.broker.name == "rabbitmq":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="RabbitMQ sends no retained message to wildcard subscriptions: silos must announce "
-                                "themselves again when they see a new run's job spec (edge_client/silo.py)"))
+    filter, so silos announce themselves again whenever they see a new run's job spec."""
     federation.silos()
     if not federation.wait_for("online on", ["s0", "s1"], START_TIMEOUT_S):
         federation.fail("the silos did not come online")
