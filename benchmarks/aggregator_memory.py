@@ -129,7 +129,7 @@ def run_case(n: int, args: argparse.Namespace, work: Path, url: BrokerUrl) -> di
     payload = encode_state(perturbed(state))
     aggregator = AggregatorProcess(work, url, JOB, [
         "--model", MODEL, "--min-clients", str(n), "--rounds", "1", "--init-weights", str(init),
-        "--round-timeout", str(args.round_timeout), "--chunk-size", str(args.chunk_size)], **memray_wrapper(args, work))
+        "--round-timeout", str(args.round_timeout), "--chunk-size", str(args.chunk_size)], **aggregator_options(args, work))
     listener = Listener(url, JOB)
     silos = [PahoSilo(url, JOB, silo_name(i), max_inflight=args.max_inflight) for i in range(n)]
     record: dict[str, Any] = {"clients": n, "model_mb": round(model_mb(state), 2)}
@@ -161,17 +161,21 @@ def run_case(n: int, args: argparse.Namespace, work: Path, url: BrokerUrl) -> di
         listener.close()
         write_samples(aggregator, work / "rss.csv", started)
         memray_reports(args, work)
-    return {**record, **outcome(aggregator, record, n, args), **({"profiled": "memray"} if args.memray else {})}
+    extra = {"profiled": "memray"} if args.memray else {}
+    if args.aggregator_env:
+        extra["aggregator_env"] = args.aggregator_env
+    return {**record, **outcome(aggregator, record, n, args), **extra}
 
 
-def memray_wrapper(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """With ``--memray PATH`` (a folder memray was pip-installed into with --target): run the aggregator
-    under memray, which records native allocations too (torch's tensors), to see what holds the peak."""
+def aggregator_options(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--aggregator-env`` (say glibc's MALLOC_MMAP_THRESHOLD_, to tell allocator retention from live
+    data), and with ``--memray PATH`` (a folder memray was pip-installed into with --target): run the
+    aggregator under memray, which records native allocations too (torch's tensors)."""
+    env = dict(item.split("=", 1) for item in args.aggregator_env)
     if args.memray is None:
-        return {}
-    pythonpath = os.pathsep.join(p for p in (str(args.memray), os.environ.get("PYTHONPATH", "")) if p)
-    return {"wrapper": ["-m", "memray", "run", "--native", "-o", str(work / "aggregator.memray")],
-            "env": {"PYTHONPATH": pythonpath}}
+        return {"env": env}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.memray), os.environ.get("PYTHONPATH", "")) if p)
+    return {"wrapper": ["-m", "memray", "run", "--native", "-o", str(work / "aggregator.memray")], "env": env}
 
 
 def memray_reports(args: argparse.Namespace, work: Path) -> None:
@@ -241,6 +245,8 @@ def main() -> None:
     parser.add_argument("--round-timeout", type=float, default=600.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each step")
     parser.add_argument("--keep", type=Path, help="keep logs, store and samples here instead of a temporary folder")
+    parser.add_argument("--aggregator-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment variables for the aggregator process")
     parser.add_argument("--memray", type=Path, help="profile the aggregator's memory with memray installed here")
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--max-wait", type=float, default=0.0)

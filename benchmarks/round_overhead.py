@@ -216,9 +216,9 @@ def fedmq_side(silos: int, rounds: int, work: Path) -> dict:
                                   "overhead", ["--model", MODEL, "--num-classes", str(NUM_CLASSES), "--rounds",
                                                str(rounds), "--min-clients", str(silos), "--local-epochs", "0"])
     finally:
-        sampler.stop()
-        broker.terminate()
+        broker.terminate()  # first: a Mosquitto left running would keep its network namespace alive
         broker.wait(timeout=10)
+        sampler.stop()
     marks = milestones(work / "run", silos)
     rows = []
     for number in range(1, rounds + 1):

@@ -181,7 +181,8 @@ class SiloClient:
         if self.run_state is None or self.run_state.spec.run_id != spec.run_id:
             self.run_state = RunState(spec=spec)
             log.info("job %r: %s, model %s, %d round(s)", spec.job, spec.task, spec.model, spec.rounds)
-            self._announce()  # a new run's aggregator may have missed the retained presence (RabbitMQ: wildcards)
+            if self.conn.connected:  # (offline, the reconnect re-publishes the retained presence anyway)
+                self._announce()  # a new run's aggregator may have missed the retained presence (RabbitMQ: wildcards)
         self.run_state.spec = spec
         if spec.status == "running" and self.run_state.model is None:
             unknown = sorted(set(self.task.labels) - set(spec.labels))
