@@ -83,11 +83,6 @@ class BufferedFederation(Federation):
                  self.cfg.buffer_size, self.global_model.version)
 
     def _on_update(self, update: Update, payload: bytes) -> None:
-        if update.run_id != self.run_id:
-            raise UpdateRejected(f"update from another run of the job ({update.run_id[:8]})")
-        if update.round == 0:
-            self._on_init_update(update, payload)
-            return
         buffer = self.round
         if buffer is None:
             raise UpdateRejected("the job has made all its model versions" if self.finishing

@@ -204,7 +204,7 @@ class Federation:
             if isinstance(header, Presence):
                 self._on_presence(header)
             elif isinstance(header, Update):
-                self._on_update(header, incoming.payload)
+                self._on_update_message(header, incoming.payload)
             elif isinstance(header, TestResult):
                 self._on_result(header)
         except UpdateRejected as exc:
@@ -442,12 +442,16 @@ class Federation:
         self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=number,
                                                         model_digest=digest))
 
-    def _on_update(self, update: Update, payload: bytes) -> None:
+    def _on_update_message(self, update: Update, payload: bytes) -> None:
+        """What every update goes through, in sync and async mode alike, before ``_on_update``."""
         if update.run_id != self.run_id:
             raise UpdateRejected(f"update from another run of the job ({update.run_id[:8]})")
         if update.round == 0:
             self._on_init_update(update, payload)
             return
+        self._on_update(update, payload)
+
+    def _on_update(self, update: Update, payload: bytes) -> None:
         current = self.round
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")
