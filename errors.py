@@ -24,6 +24,11 @@ class ProtocolError(FedmqError):
     """A message on the wire broke the contract: bad framing, schema, version, digest or size."""
 
 
+class Overloaded(ProtocolError):
+    """A receiver had no room for a message just then: nothing is wrong with the message, and the
+    sender may send it again (the aggregator asks it to)."""
+
+
 class UpdateRejected(ProtocolError):
     """A well-formed update that cannot be aggregated (wrong round, shapes, non-finite values...)."""
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UpdateRejected
-from ..schemas import Update, decode_state
+from ..schemas import Received, Update, decode_state
 from .checks import check_tensors
 from .federation import Federation, GlobalModel
 
@@ -82,7 +82,7 @@ class BufferedFederation(Federation):
         log.info("version %d/%d: collecting %d update(s) (model v%d out)", number, self.spec.rounds,
                  self.cfg.buffer_size, self.global_model.version)
 
-    def _on_update(self, update: Update, payload: bytes) -> None:
+    def _on_update(self, update: Update, payload: Received) -> None:
         buffer = self.round
         if buffer is None:
             raise UpdateRejected("the job has made all its model versions" if self.finishing

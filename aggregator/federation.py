@@ -29,6 +29,7 @@ from ..schemas import (
     ModelSync,
     PayloadInfo,
     Presence,
+    Received,
     StateDict,
     TestRequest,
     TestResult,
@@ -151,6 +152,7 @@ class Federation:
                 if incoming is not None:
                     self._dispatch(incoming)
                     self._publish_status()
+                    del incoming  # an update's payload is a model's size: free it before waiting for the next
             self._set_status("finished")
             self._publish_status()
             log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
@@ -188,6 +190,8 @@ class Federation:
             log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
             if silo and incoming.topic == self.topics.update(silo):
                 self._reject(silo, incoming.reason)
+                if incoming.retry:  # lost for want of room or chunks, not for what it held: ask for it again
+                    self._resync(silo)
             return
         header = incoming.header
         if silo is None or getattr(header, "silo", None) != silo:
@@ -325,6 +329,7 @@ class Federation:
         came_back = not (before and before.online)
         if came_back:
             log.info("silo %s is online (%d eligible)", presence.silo, len(self._eligible()))
+            self._fit_receive_limits()
         if self.round is not None and came_back and self.round.silo_joined(presence.silo):
             log.info("round %d: sending the model to %s, which joined during the round", self.round.number, presence.silo)
         self._resync(presence.silo)
@@ -397,10 +402,14 @@ class Federation:
         if self.global_model is None:
             # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
             self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
-            self.conn.limit_message_bytes(self.max_update_bytes)
+            self._fit_receive_limits()
         self.global_model = model
 
-    def _on_init_update(self, update: Update, payload: bytes) -> None:
+    def _fit_receive_limits(self) -> None:
+        """Cap one update at what the model allows, and leave room for every eligible silo to upload at once."""
+        self.conn.limit_message_bytes(self.max_update_bytes, senders=len(self._eligible()))
+
+    def _on_init_update(self, update: Update, payload: Received) -> None:
         if self.global_model is not None or update.silo != self.init_silo:
             raise UpdateRejected("initial weights that were not asked for")
         state = decode_state(payload, update.payload.codec, self.max_update_bytes)
@@ -442,7 +451,7 @@ class Federation:
         self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=number,
                                                         model_digest=digest))
 
-    def _on_update_message(self, update: Update, payload: bytes) -> None:
+    def _on_update_message(self, update: Update, payload: Received) -> None:
         """What every update goes through, in sync and async mode alike, before ``_on_update``."""
         if update.run_id != self.run_id:
             raise UpdateRejected(f"update from another run of the job ({update.run_id[:8]})")
@@ -451,7 +460,7 @@ class Federation:
             return
         self._on_update(update, payload)
 
-    def _on_update(self, update: Update, payload: bytes) -> None:
+    def _on_update(self, update: Update, payload: Received) -> None:
         current = self.round
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")

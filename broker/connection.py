@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..errors import BrokerError, ProtocolError
+from ..errors import BrokerError, Overloaded, ProtocolError
 from ..schemas import DEFAULT_CHUNK_SIZE, Envelope, Reassembler, encode_chunks, unpack_message
 from ..schemas.framing import pack_message, split_chunks
 from ..schemas.messages import JobSpec, Message
@@ -44,6 +44,7 @@ class Refused:
 
     topic: str
     reason: str
+    retry: bool = False  # not the message's fault (no room, or chunks lost on the way): ask for it again
 
 
 Incoming = Envelope | Refused
@@ -236,15 +237,16 @@ class Connection:
         except queue.Empty:
             return None
 
-    def limit_message_bytes(self, max_message_bytes: int) -> None:
-        """Lower (or raise) the cap on one incoming message, say once the model's size is known."""
+    def limit_message_bytes(self, max_message_bytes: int, senders: int = 0) -> None:
+        """Set the cap on one incoming message (say once the model's size is known), and room for
+        partial messages from ``senders`` peers sending at once (at least 4 messages' worth)."""
         with self._reassembly_lock:
             self._reassembler.max_message_bytes = max_message_bytes
-            self._reassembler.max_pending_bytes = 4 * max_message_bytes
+            self._reassembler.max_pending_bytes = max(4, senders + 1) * max_message_bytes
 
     def _report_dropped(self) -> None:
         for topic, reason in self._reassembler.take_dropped():
-            self.inbox.put(Refused(topic=topic, reason=reason))
+            self.inbox.put(Refused(topic=topic, reason=reason, retry=True))
 
     # -- paho callbacks (network thread) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
@@ -292,6 +294,8 @@ class Connection:
                 self._report_dropped()
             if whole is not None:
                 self.inbox.put(unpack_message(whole, topic=message.topic))
+        except Overloaded as exc:
+            self.inbox.put(Refused(topic=message.topic, reason=str(exc), retry=True))
         except ProtocolError as exc:
             self.inbox.put(Refused(topic=message.topic, reason=str(exc)))
         except Exception:  # a bug here must not kill paho's network thread

@@ -26,6 +26,7 @@ from ..schemas import (
     ModelSync,
     PayloadInfo,
     Presence,
+    Received,
     StateDict,
     TestRequest,
     TestResult,
@@ -202,7 +203,7 @@ class SiloClient:
         self._send_update(state, round_number=0, base_digest=None, weights=weights,
                           num_samples=len(self.task.train_set), loss=None, seconds=None)
 
-    def _on_model(self, state: RunState, sync: ModelSync, payload: bytes) -> None:
+    def _on_model(self, state: RunState, sync: ModelSync, payload: Received) -> None:
         digest = sync.payload.sha256
         if digest not in state.models:
             weights = decode_state(payload, sync.payload.codec, self.cfg.max_model_bytes)

@@ -5,7 +5,15 @@ nothing else spells a topic or a header field.
 """
 
 from .codec import CODECS, DEFAULT_CODEC, Base, StateDict, decode_state, encode_state, sha256_hex
-from .framing import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Reassembler, encode_chunks, unpack_message
+from .framing import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Envelope,
+    Reassembler,
+    Received,
+    encode_chunks,
+    unpack_message,
+)
 from .messages import (
     PROTOCOL_VERSION,
     InitRequest,
@@ -34,6 +42,7 @@ __all__ = [
     "PayloadInfo",
     "Presence",
     "Reassembler",
+    "Received",
     "StateDict",
     "TestRequest",
     "TestResult",

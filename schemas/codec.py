@@ -37,6 +37,7 @@ from .codecs.names import (
     is_delta,
     lossless_codec,
 )
+from .pieces import Pieces
 
 # Which container encodings each codec may hold (``full``: a tensor sent whole).
 ENCODINGS = {SHUFFLE_ZSTD: ("full",), DELTA_FP16: ("full", "fp16"), DELTA_INT8: ("full", "int8"),
@@ -85,7 +86,7 @@ def encode_state(state: StateDict, codec: str = DEFAULT_CODEC, *, base: Base | N
     return container.write(header, segments)
 
 
-def decode_state(payload: bytes, codec: str, max_bytes: int, *, base: Base | None = None) -> StateDict:
+def decode_state(payload: bytes | Pieces, codec: str, max_bytes: int, *, base: Base | None = None) -> StateDict:
     """Decode a payload into new, writable CPU tensors, refusing one that inflates past ``max_bytes``.
 
     A delta payload is decoded against ``base``, which must be the model it was encoded against.
@@ -106,7 +107,7 @@ def decode_state(payload: bytes, codec: str, max_bytes: int, *, base: Base | Non
     elif header.base is not None:
         raise ProtocolError(f"a {codec} payload names no base model")
     out: StateDict = {}
-    for entry, view in zip(header.tensors, views):
+    for entry, view in views:
         if entry.enc not in ENCODINGS[codec]:
             raise ProtocolError(f"tensor {entry.name!r}: encoding {entry.enc!r} is not part of {codec}")
         if entry.enc == "full":

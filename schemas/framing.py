@@ -9,14 +9,15 @@ cannot make the receiver buffer without bound.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import ProtocolError
-from .codec import sha256_hex
+from ..errors import Overloaded, ProtocolError
 from .messages import MAX_HEADER_BYTES, Message, dump_header, parse_header
+from .pieces import Buffer, Pieces
 
 MAGIC = b"FMQ\x01"
 _PREFIX = struct.Struct("!4s16sII")
@@ -27,65 +28,114 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
 """The default cap on one message (and on a payload once decompressed): well above Faster R-CNN R50."""
 
 
+Received = bytes | Pieces
+"""A received payload: ``Pieces`` (views into the chunks it came in) or, from one chunk, bytes."""
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One whole, verified message: a typed header and its payload bytes (possibly empty)."""
 
     header: Message
-    payload: bytes = b""
+    payload: Received = b""  # no joined copy of a model
     topic: str = ""
 
 
-def pack_message(header: Message, payload: bytes = b"") -> bytes:
+def pack_message(header: Message, payload: Buffer = b"") -> bytes:
     head = dump_header(header)
     return _HEADER_LEN.pack(len(head)) + head + payload
 
 
-def unpack_message(data: bytes, topic: str = "") -> Envelope:
-    """Parse header and payload, and verify the payload against the header's size and digest."""
+def unpack_message(data: Buffer | Pieces, topic: str = "") -> Envelope:
+    """Parse header and payload, and verify the payload against the header's size and digest.
+
+    The payload stays views into ``data`` (``Pieces``), not a copy: a model is tens of megabytes.
+    """
+    data = data if isinstance(data, Pieces) else Pieces([data])
     if len(data) < _HEADER_LEN.size:
         raise ProtocolError("message shorter than its length prefix")
-    (head_len,) = _HEADER_LEN.unpack_from(data)
+    (head_len,) = _HEADER_LEN.unpack(data.take(0, _HEADER_LEN.size))
     end = _HEADER_LEN.size + head_len
     if end > len(data):
         raise ProtocolError(f"header length {head_len} runs past the end of the message")
-    header = parse_header(data[_HEADER_LEN.size : end])
-    payload = data[end:]
+    header = parse_header(data.take(_HEADER_LEN.size, end))
+    payload = data.tail(end)
     info = getattr(header, "payload", None)
     if info is None:
-        if payload:
+        if len(payload):
             raise ProtocolError(f"{header.type!r} message carries {len(payload)} unexpected payload bytes")
-    else:
-        if len(payload) != info.size:
-            raise ProtocolError(f"payload is {len(payload)} bytes but the header declares {info.size}")
-        if sha256_hex(payload) != info.sha256:
-            raise ProtocolError("payload sha256 does not match the header")
+        return Envelope(header=header, topic=topic)
+    if len(payload) != info.size:
+        raise ProtocolError(f"payload is {len(payload)} bytes but the header declares {info.size}")
+    if payload.digest() != info.sha256:
+        raise ProtocolError("payload sha256 does not match the header")
     return Envelope(header=header, payload=payload, topic=topic)
 
 
-def split_chunks(data: bytes, chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
+def split_chunks(data: Buffer, chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
     """Cut a packed message into prefixed chunks of at most ``chunk_size`` bytes each."""
+    return _chunks([memoryview(data)], chunk_size, message_id)
+
+
+def encode_chunks(header: Message, payload: Buffer = b"", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
+    """The chunks of one message, each built in one copy from the header and a view of the payload
+    (the packed message is never joined first)."""
+    head = dump_header(header)
+    return _chunks([memoryview(_HEADER_LEN.pack(len(head)) + head), memoryview(payload)], chunk_size)
+
+
+def _chunks(parts: list[memoryview], chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
+    """Chunks over the concatenation of ``parts``, without materialising it."""
     body = chunk_size - PREFIX_SIZE
     if body <= 0:
         raise ValueError(f"chunk_size must exceed the {PREFIX_SIZE}-byte prefix")
     mid = message_id or uuid.uuid4().bytes
-    count = max(1, -(-len(data) // body))
-    return [
-        _PREFIX.pack(MAGIC, mid, index, count) + data[index * body : (index + 1) * body]
-        for index in range(count)
-    ]
-
-
-def encode_chunks(header: Message, payload: bytes = b"", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
-    return split_chunks(pack_message(header, payload), chunk_size)
+    parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if len(p)]
+    total = sum(len(p) for p in parts)
+    count = max(1, -(-total // body))
+    chunks, at, offset = [], 0, 0  # the part being read and the offset in it
+    for index in range(count):
+        pieces = [_PREFIX.pack(MAGIC, mid, index, count)]
+        want = body
+        while want and at < len(parts):
+            piece = parts[at][offset : offset + want]
+            pieces.append(piece)
+            want -= len(piece)
+            offset += len(piece)
+            if offset == len(parts[at]):
+                at, offset = at + 1, 0
+        chunks.append(b"".join(pieces))
+    return chunks
 
 
 @dataclass
 class _Partial:
     count: int
     touched: float  # when its last new chunk arrived
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, memoryview] = field(default_factory=dict)
     size: int = 0
+    # The payload's sha256, fed chunk by chunk in order as they arrive, so the whole message needs
+    # no second read: chunks up to ``hashed`` (exclusive) are in; ``skip`` header bytes are left out.
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    hashed: int = 0
+    skip: int = 0
+    payload_start: int | None = None  # the header's end, known once chunk 0 is in
+
+    def feed_hash(self) -> None:
+        while self.hashed in self.parts:
+            part = self.parts[self.hashed]
+            if self.hashed == 0:
+                if len(part) < _HEADER_LEN.size:
+                    return  # a header length split over chunks: left to unpack_message
+                self.payload_start = self.skip = _HEADER_LEN.size + _HEADER_LEN.unpack_from(part)[0]
+            drop = min(self.skip, len(part))
+            self.skip -= drop
+            self.hasher.update(part[drop:])
+            self.hashed += 1
+
+    def whole(self) -> Pieces:
+        known = {self.payload_start: self.hasher.hexdigest()} if self.hashed == self.count else {}
+        return Pieces((self.parts[i] for i in range(self.count)), known)
 
 
 class Reassembler:
@@ -94,7 +144,9 @@ class Reassembler:
     Caps, so a peer cannot make the receiver buffer without bound: ``max_message_bytes`` for one
     message, ``max_pending_bytes`` for all partial ones together, ``max_pending_per_topic``
     partial messages per sender's topic, and ``ttl``: a partial message that gets no new chunk for
-    that many seconds is dropped and reported by ``take_dropped``. With ``check_headers`` the
+    that many seconds is dropped and reported by ``take_dropped``. Running out of room for all
+    senders together raises ``Overloaded`` (the message may be sent again); every other breach a
+    ``ProtocolError``. With ``check_headers`` the
     first chunk's header is checked at once, so a message declaring more than the cap, or a chunk
     count that its size does not need, is refused before its other chunks are buffered. A refused
     message's later chunks are ignored. Duplicated chunks are ignored.
@@ -120,8 +172,9 @@ class Reassembler:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, topic: str, chunk: bytes, now: float | None = None) -> bytes | None:
-        """Add one chunk; return the whole packed message when its last chunk arrives."""
+    def add(self, topic: str, chunk: bytes, now: float | None = None) -> Buffer | Pieces | None:
+        """Add one chunk; return the whole packed message when its last chunk arrives (``Pieces``
+        when it came in several chunks, its payload already hashed)."""
         now = time.monotonic() if now is None else now
         self.expire(now)
         if len(chunk) < PREFIX_SIZE:
@@ -131,7 +184,7 @@ class Reassembler:
             raise ProtocolError("chunk does not start with the fedmq magic (not a fedmq message, or another version)")
         if count == 0 or index >= count:
             raise ProtocolError(f"chunk index {index} out of range for a {count}-chunk message")
-        body = chunk[PREFIX_SIZE:]
+        body = memoryview(chunk)[PREFIX_SIZE:]  # a view: the chunk's bytes are never copied here
         if count == 1:
             if len(body) > self.max_message_bytes:
                 raise ProtocolError(f"message of {len(body)} bytes exceeds the {self.max_message_bytes}-byte limit")
@@ -148,7 +201,7 @@ class Reassembler:
                 del self._refused[next(iter(self._refused))]
             raise
 
-    def _add_part(self, key: tuple[str, bytes], index: int, count: int, body: bytes, now: float) -> bytes | None:
+    def _add_part(self, key: tuple[str, bytes], index: int, count: int, body: memoryview, now: float) -> Pieces | None:
         if not body or count > self.max_message_bytes:
             # split_chunks never makes either; both would let a peer hold memory the caps do not count
             raise ProtocolError(f"chunk {index} of {count} is empty or the count exceeds the message size limit")
@@ -157,7 +210,7 @@ class Reassembler:
         partial = self._pending.pop(key, None)
         if partial is None:
             if len(self._pending) >= self.max_pending_messages:
-                raise ProtocolError(f"more than {self.max_pending_messages} partial messages are pending")
+                raise Overloaded(f"more than {self.max_pending_messages} partial messages are pending")
             if self._per_topic.get(key[0], 0) >= self.max_pending_per_topic:
                 raise ProtocolError(f"more than {self.max_pending_per_topic} partial messages are pending on {key[0]}")
             partial = _Partial(count=count, touched=now)
@@ -170,15 +223,16 @@ class Reassembler:
         if partial.size + len(body) > self.max_message_bytes:
             raise ProtocolError(f"message exceeds the {self.max_message_bytes}-byte limit")
         if self._pending_bytes + len(body) > self.max_pending_bytes:
-            raise ProtocolError(f"more than {self.max_pending_bytes} bytes of partial messages are pending")
+            raise Overloaded(f"more than {self.max_pending_bytes} bytes of partial messages are pending")
         partial.parts[index] = body
         partial.size += len(body)
         partial.touched = now
         self._pending_bytes += len(body)
+        partial.feed_hash()
         if len(partial.parts) < count:
             return None
         self._drop(key)
-        return b"".join(partial.parts[i] for i in range(count))
+        return partial.whole()
 
     def expire(self, now: float | None = None) -> None:
         """Drop the partial messages that got no chunk for ``ttl`` seconds (see ``take_dropped``)."""
@@ -208,7 +262,7 @@ class Reassembler:
                 del self._per_topic[key[0]]
 
 
-def _check_first_chunk(body: bytes, count: int, max_message_bytes: int) -> None:
+def _check_first_chunk(body: memoryview, count: int, max_message_bytes: int) -> None:
     """Refuse at its first chunk a message whose header is bad, whose declared size is over the cap,
     or whose chunk count is not what that size needs (chunks are full but the last)."""
     if len(body) < _HEADER_LEN.size:
@@ -219,7 +273,7 @@ def _check_first_chunk(body: bytes, count: int, max_message_bytes: int) -> None:
         raise ProtocolError(f"header of {head_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
     if end > len(body):
         return  # a header longer than a chunk: checked when the message is whole
-    header = parse_header(body[_HEADER_LEN.size : end])
+    header = parse_header(bytes(body[_HEADER_LEN.size : end]))
     info = getattr(header, "payload", None)
     size = info.size if info is not None else 0
     total = end + size

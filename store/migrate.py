@@ -155,6 +155,6 @@ def _migration_engine(engine: Engine) -> Engine:
 def _sqlite_migration_pragmas(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.isolation_level = None  # type: ignore[attr-defined]  # the "begin" listener starts transactions
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "foreign_keys=OFF"):
+    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "foreign_keys=OFF"):  # busy_timeout first, as in store.py
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()

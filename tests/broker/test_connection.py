@@ -7,6 +7,7 @@ import time
 import torch
 from fedmq.broker.connection import Connection, Refused
 from fedmq.schemas import JobSpec, ModelSync, PayloadInfo, Presence, Topics, decode_state, encode_state, sha256_hex
+from fedmq.schemas.framing import encode_chunks
 
 
 def _conn(url, name: str, subs: list[str], **kw) -> Connection:
@@ -94,3 +95,43 @@ def test_last_will_marks_a_vanished_silo_offline(mosquitto) -> None:
         assert got is not None and got.header.online is False
     finally:
         watcher.close()
+
+
+def _upload_at_once(url, topics: Topics, senders: int, payload: bytes) -> None:
+    """``senders`` silos publish an update of ``payload`` at once, their chunks interleaved: each
+    sender's first chunk goes out before any sender's second."""
+    header = ModelSync(job=topics.job, run_id="r1", version=0, train_round=1,
+                       payload=PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload)))
+    conns = [_conn(url, f"tx{i}", []) for i in range(senders)]
+    chunks = encode_chunks(header, payload, 4096)
+    try:
+        infos = [conn._client.publish(topics.update(f"s{i}"), chunk, qos=1)
+                 for chunk in chunks for i, conn in enumerate(conns)]
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_simultaneous_uploads_of_many_silos_all_arrive(mosquitto) -> None:
+    """Room for partial messages follows the number of senders: 8 silos uploading at once, each update
+    near the per-message cap, all arrive; with room for 4 messages only, some are refused, as retriable."""
+    payload = bytes(range(256)) * 160  # 40 KiB
+    cap = len(payload) + 1024
+    for senders, room_for, expect_refused in ((8, 8, False), (8, 0, True)):
+        topics = Topics(f"conn-burst-{room_for}")
+        receiver = _conn(mosquitto.url, "rx", [topics.all_updates])
+        receiver.limit_message_bytes(cap, senders=room_for)
+        try:
+            _upload_at_once(mosquitto.url, topics, senders, payload)
+            got = [receiver.receive(timeout=10) for _ in range(senders)]
+            whole = [g for g in got if g is not None and not isinstance(g, Refused)]
+            refused = [g for g in got if isinstance(g, Refused)]
+            assert all(bytes(g.payload) == payload for g in whole)
+            if expect_refused:
+                assert refused and all(r.retry and "pending" in r.reason for r in refused), got
+            else:
+                assert len(whole) == senders, [g.reason for g in refused]
+        finally:
+            receiver.close()
