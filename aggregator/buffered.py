@@ -98,7 +98,8 @@ class BufferedFederation(Federation):
             raise UpdateRejected("update trained on no samples")
         state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes, base=base.base)
         check_tensors(state, base.state)
-        self.strategy.add(state, update.num_samples * staleness_weight(staleness), base=base.state, silo=update.silo)
+        self.strategy.add(state, update.num_samples * staleness_weight(staleness), base=base.state, silo=update.silo,
+                          consume=True)
         buffer.seen.add(update.payload.sha256)
         buffer.contributions.append((update.silo, base.version, staleness))
         buffer.num_samples += update.num_samples

@@ -467,7 +467,7 @@ class Federation:
         current.admit(update.silo, update.round, update.base_digest, update.num_samples)
         state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=self.global_model.base)
         check_tensors(state, self.global_model.state)
-        self.strategy.add(state, float(update.num_samples), silo=update.silo)
+        self.strategy.add(state, float(update.num_samples), silo=update.silo, consume=True)
         current.count(update.silo, update.num_samples, update.train_loss)
         self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
                                  num_samples=update.num_samples, train_loss=update.train_loss,

@@ -14,6 +14,12 @@ the last chunk received. MB/s are of the model's raw size (MB = 10**6 bytes) ove
 The models are torchvision's with ``weights=None``: random initialisation, which zstd compresses
 about as (badly) as trained float32 weights. Both processes read one system-wide monotonic clock.
 
+``--link-mbit R`` runs the whole benchmark (broker, sender, receiver) in a network namespace of its
+own whose loopback is shaped to R Mbit/s with a token bucket (``tc qdisc ... tbf``; needs
+``unshare`` and ``tc``, as root): a link like a silo's, instead of the unlimited loopback, on which
+compression can pay for its CPU time. Both hops (to the broker and from it) cross the one shaped
+loopback, so the relay runs at about R/2. Each line then carries ``link_mbit``.
+
 Modes: the default prints one line per model (``model, model_mb, fedmq_mb_s, raw_mb_s, ratio``);
 ``--chunk-sizes`` one line per model and chunk size (64 KiB ... 8 MiB); ``--profile`` one line per
 model splitting fedmq's seconds into encode, compress, digest, chunk, transport (publish, broker,
@@ -26,7 +32,9 @@ import argparse
 import cProfile
 import hashlib
 import json
+import os
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -357,6 +365,22 @@ def profile(bench: Bench, chunk_size: int, reps: int) -> dict[str, Any]:
             "fedmq_mb_s": round(bench.raw_size / MB / e2e, 1), **tops}
 
 
+# -- a shaped link ----------------------------------------------------------------------------------------
+SHAPED_ENV = "FEDMQ_BENCH_SHAPED_LINK"
+
+
+def run_on_shaped_link(mbit: float) -> None:
+    """Run this benchmark again, with the same arguments, in a new network namespace whose loopback
+    is shaped to ``mbit`` (a token bucket of 1 ms of traffic, at least 256 KiB: the bucket must hold
+    loopback's largest packet, 64 KiB plus headers, or the queue drops it every time); does not return."""
+    if not (shutil.which("unshare") and shutil.which("tc") and shutil.which("ip")):
+        sys.exit("--link-mbit needs unshare, ip and tc (iproute2), and root")
+    burst = max(256 * KIB, int(mbit * 1e6 / 8 / 1000))
+    shape = f"ip link set lo up && tc qdisc add dev lo root tbf rate {mbit}mbit burst {burst} latency 100ms"
+    command = ["unshare", "--net", "--", "sh", "-c", f'{shape} && exec "$@"', "sh", sys.executable, *sys.argv]
+    os.execvpe(command[0], command, {**os.environ, SHAPED_ENV: str(mbit)})
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, url: BrokerUrl) -> None:
     receiver = Receiver(url)
@@ -373,7 +397,8 @@ def run(args: argparse.Namespace, url: BrokerUrl) -> None:
             elif args.profile:
                 emit({"model": name, "mode": "profile", **profile(bench, args.chunk_size, args.reps)})
             else:
-                emit({"model": name, **bench.compare(args.chunk_size, args.reps)})
+                link = {"link_mbit": args.link_mbit} if args.link_mbit else {}
+                emit({"model": name, **bench.compare(args.chunk_size, args.reps), **link})
     finally:
         conn.close()
         raw.close()
@@ -389,11 +414,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="split fedmq's seconds by stage")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-minute load average below this")
     parser.add_argument("--max-wait", type=float, default=0.0, help="... for at most this many seconds")
+    parser.add_argument("--link-mbit", type=float, help="shape the link to this many Mbit/s (a private network namespace)")
     parser.add_argument("--receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
         receiver_main(args.receiver)
         return
+    if args.link_mbit and os.environ.get(SHAPED_ENV) is None:
+        run_on_shaped_link(args.link_mbit)
     wait_for_quiet(args.max_load, args.max_wait)
     with tempfile.TemporaryDirectory(prefix="fedmq-bench-") as tmp, mosquitto(Path(tmp) / "broker") as url:
         run(args, url)

@@ -83,7 +83,7 @@ def encode_state(state: StateDict, codec: str = DEFAULT_CODEC, *, base: Base | N
         entries.append(entry)
         segments.extend(streams)
     header = {"codec": codec, "base": base.digest if is_delta(codec) else None, "tensors": entries}
-    return container.write(header, segments)
+    return container.write(header, segments, container.DELTA_PARAMS if is_delta(codec) else container.WEIGHTS_PARAMS)
 
 
 def decode_state(payload: bytes | Pieces, codec: str, max_bytes: int, *, base: Base | None = None) -> StateDict:

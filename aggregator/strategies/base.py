@@ -22,10 +22,13 @@ class Strategy(Protocol):
         """Start a round from the current global model. ``sample_rate``: the fraction of eligible silos
         asked this round, only used by differential-privacy accounting."""
 
-    def add(self, state: StateDict, weight: float, *, base: StateDict | None = None, silo: str = "") -> None:
+    def add(self, state: StateDict, weight: float, *, base: StateDict | None = None, silo: str = "",
+            consume: bool = False) -> None:
         """Fold in one accepted update with its weight (the silo's sample count). Its delta is
         ``state - base``; ``base`` defaults to the round's global model (async mode passes the older
-        version the silo trained from)."""
+        version the silo trained from). With ``consume`` the caller gives ``state`` up: its tensors
+        are taken out one by one as their deltas are made, so an update and its delta are never
+        both whole in memory."""
 
     def result(self) -> StateDict:
         """The new global model, in the global model's dtypes. Call once per round, after at least one ``add``."""

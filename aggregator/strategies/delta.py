@@ -50,12 +50,13 @@ class DeltaStrategy:
         self._clipped = 0
         self._report = {}
 
-    def add(self, state: StateDict, weight: float, *, base: StateDict | None = None, silo: str = "") -> None:
+    def add(self, state: StateDict, weight: float, *, base: StateDict | None = None, silo: str = "",
+            consume: bool = False) -> None:
         if self._global is None:
             raise RuntimeError("begin() a round before adding updates")
         if not (weight > 0 and math.isfinite(weight)):
             raise ValueError("an update's weight must be positive")
-        floats, buffers = split_delta(state, self._global if base is None else base, self._global)
+        floats, buffers = split_delta(state, self._global if base is None else base, self._global, consume=consume)
         clipped = self.clip_norm is not None and clip_(floats, self.clip_norm)
         self.combiner.add(floats, weight, silo)
         self._buffers.add(buffers, weight, silo)

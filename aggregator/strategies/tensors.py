@@ -20,12 +20,14 @@ STATISTICS = ("running_mean", "running_var")
 """BatchNorm's running statistics: averaged as values, never moved by a stale delta or an optimiser."""
 
 
-def split_delta(state: StateDict, base: StateDict, current: StateDict | None = None) -> tuple[StateDict, StateDict]:
+def split_delta(state: StateDict, base: StateDict, current: StateDict | None = None, *,
+                consume: bool = False) -> tuple[StateDict, StateDict]:
     """``state - base`` in accumulator dtypes, as (float tensors, integer buffers).
 
     Running statistics are taken from ``current`` (the global model now) instead of ``base``: then
     ``current + mean delta`` is the mean of the silos' statistics, a convex combination, so a
-    variance stays positive however stale the update (in sync mode the two are the same).
+    variance stays positive however stale the update (in sync mode the two are the same). With
+    ``consume``, each tensor leaves ``state`` as its delta is made (a model's size less at the peak).
     """
     floats: StateDict = {}
     others: StateDict = {}
@@ -33,7 +35,8 @@ def split_delta(state: StateDict, base: StateDict, current: StateDict | None = N
         if current is not None and name.endswith(STATISTICS):
             ref = current[name]
         dtype = accumulator_dtype(ref)
-        (floats if ref.is_floating_point() else others)[name] = state[name].to(dtype) - ref.to(dtype)
+        tensor = state.pop(name) if consume else state[name]
+        (floats if ref.is_floating_point() else others)[name] = tensor.to(dtype) - ref.to(dtype)
     return floats, others
 
 

@@ -31,17 +31,17 @@ from ...errors import ProtocolError
 from ..pieces import Buffer, Pieces, as_source, head
 
 MAGIC = b"FMQT"
-# zstd level 1 with a block per byte plane, a 64-entry hash table and 7-byte minimum matches. Only the
-# sign/exponent plane of float32 weights compresses (to about 0.35; the mantissa planes are stored
-# as raw blocks). On it, level 1's own 2**14-entry table chases matches that do not pay: the small
-# table is 3x faster there and smaller too. Trained ResNet-18: 0.835 of raw in 44 ms, against 0.842
-# in 63 ms at plain level 1; levels 2 to 19 were larger and slower. See the README.
-ZSTD_LEVEL = 1
-# Multithreaded zstd gained nothing measurable on 2 cores at level 1 and changes the bytes with the
-# machine's thread count, so compression stays single-threaded (see the README's measurements).
-ZSTD_THREADS = 0
-# Fixed parameters for inputs of unknown size: told a small model's size, zstd would pick others.
-ZSTD_PARAMS = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=ZSTD_THREADS, hash_log=6, min_match=7)
+# zstd level 1, a block per byte plane, single-threaded (zstd's own threads gained nothing on 2 cores
+# at level 1, and would make the bytes depend on the machine). Parameters are fixed, not derived
+# from the input's size: told a small model's size, zstd would pick others.
+#
+# Whole weights: a 64-entry hash table and 7-byte minimum matches. Only the sign/exponent plane of
+# float32 weights compresses (to about 0.35; the mantissa planes go out as raw blocks), and on it
+# level 1's own 2**14-entry table chases matches that do not pay: trained ResNet-18 gives 0.835 of
+# raw in 44 ms, against 0.842 in 63 ms at plain level 1. Deltas (fp16, int8, top-k) hold runs and
+# repeats that plain level 1 finds: it is up to 3% smaller there. See the README.
+WEIGHTS_PARAMS = zstandard.ZstdCompressionParameters.from_level(1, threads=0, hash_log=6, min_match=7)
+DELTA_PARAMS = zstandard.ZstdCompressionParameters.from_level(1, threads=0)
 FLUSH_MIN_BYTES = 256  # a smaller plane shares its block with the next one (a block header is 3 bytes)
 MAX_TENSORS = 1_000_000
 UNSIZED_READ_BYTES = 1 << 20  # a frame that does not declare its size is read this much at a time
@@ -124,12 +124,12 @@ def shuffled_planes(data: np.ndarray, itemsize: int) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(values[:, i])
 
 
-def write(header: dict, segments: list[Segment]) -> bytes:
+def write(header: dict, segments: list[Segment], params: zstandard.ZstdCompressionParameters = WEIGHTS_PARAMS) -> bytes:
     """Compress the header and the segments' byte planes into one zstd frame, without first joining them."""
     # Validated like a received header: the writer holds itself to the format.
     head = Header.model_validate(header).model_dump_json(exclude_none=True).encode("utf-8")
     size = 8 + len(head) + sum(data.size for data, _ in segments)  # in the frame header: the reader sizes its buffer
-    compressor = zstandard.ZstdCompressor(compression_params=ZSTD_PARAMS).compressobj(size=size)
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj(size=size)
     out = [compressor.compress(MAGIC + struct.pack("<I", len(head)) + head)]
     # A block ends after the header and after each big plane, but never after the last plane: the
     # frame's last block then holds data, and a payload cut short always decodes short.

@@ -18,7 +18,7 @@ from fedmq.aggregator.strategies import (
     WeightedMean,
     make_strategy,
 )
-from fedmq.aggregator.strategies.tensors import clip_, l2_norm
+from fedmq.aggregator.strategies.tensors import clip_, l2_norm, split_delta
 from fedmq.errors import ConfigError, UpdateRejected
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -390,3 +390,21 @@ def test_a_stale_update_cannot_drive_a_running_variance_negative() -> None:
     out = strategy.result()
     assert torch.allclose(out["bn.running_var"], torch.full((3,), 0.3)), "statistics are averaged as values"
     assert torch.allclose(out["w"], torch.full((3,), 1.5)), "parameters move by the delta from their base"
+
+
+def test_a_consumed_update_gives_the_same_result_and_is_emptied() -> None:
+    """The aggregator gives decoded updates up (``consume``): same deltas, and the update is released."""
+    base = {"w": torch.randn(4, 3), "bn.running_var": torch.ones(3), "bn.num_batches_tracked": torch.tensor(5)}
+    state = {"w": base["w"] + 1, "bn.running_var": torch.full((3,), 2.0), "bn.num_batches_tracked": torch.tensor(7)}
+    kept = split_delta(dict(state), base)
+    given_up = dict(state)
+    taken = split_delta(given_up, base, consume=True)
+    assert given_up == {}, "every tensor left the update as its delta was made"
+    for expected, got in zip(kept, taken):
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    a, b = make_strategy(StrategyOptions()), make_strategy(StrategyOptions())
+    for strategy, consume in ((a, False), (b, True)):
+        strategy.begin(base)
+        strategy.add(dict(state), 2.0, consume=consume)
+        strategy.add({k: v * 3 for k, v in state.items()}, 1.0, consume=consume)
+    assert all(torch.equal(a.result()[k], b.result()[k]) for k in base)
