@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..schemas.topics import ANY_JOB, Topics, check_name
+from .probe import PROBE_ROOT
 from .keys import ensure_keys
 from .private_files import readable_by_others, write_private
 
@@ -105,9 +106,13 @@ def _merge(reads: list[str], writes: list[str]) -> list[tuple[str, str]]:
     return [("readwrite" if len(a) == 2 else next(iter(a)), topic) for topic, a in access.items()]
 
 
+PROBE_NOTE = "Every client may use its own probe topics: broker/probe.py checks the broker's features there."
+
+
 def mosquitto_acl(silos: Iterable[str], job: str = ANY_JOB) -> str:
     """A Mosquitto ACL file: one ``user`` block per credential; whatever no line allows is denied."""
-    lines = ["# Made by `fedmq broker --auth-dir`; derived from fedmq.schemas.topics. Do not edit: it is rewritten.", ""]
+    lines = ["# Made by `fedmq broker --auth-dir`; derived from fedmq.schemas.topics. Do not edit: it is rewritten.", "",
+             f"# {PROBE_NOTE}", f"pattern readwrite {PROBE_ROOT}/%c/#", ""]
     for user, rules in access_rules(silos, job).items():
         lines.append(f"user {user}")
         lines += [f"topic {access} {topic}" for access, topic in rules]
@@ -123,6 +128,8 @@ def emqx_acl(silos: Iterable[str], job: str = ANY_JOB) -> str:
         for access, topic in rules:
             lines.append(f'{{allow, {{username, "{user}"}}, {actions[access]}, ["{topic}"]}}.')
         lines.append("")
+    lines.append(f"%% {PROBE_NOTE}")
+    lines.append(f'{{allow, all, all, ["{PROBE_ROOT}/${{clientid}}/#"]}}.')
     lines.append("{deny, all}.")
     return "\n".join(lines) + "\n"
 

@@ -83,7 +83,8 @@ def test_the_acl_grants_exactly_the_topics_the_roles_use() -> None:
     assert {t for t, a in agg.items() if "write" in a} == set(topics.aggregator_publishes())
     text = mosquitto_acl(["hospital-a", "hospital-b"])
     a_block = text.split("user hospital-a")[1].split("user ")[0]
-    assert "hospital-b" not in a_block and "fedmq/+/model/hospital-a" in a_block and "/#" not in text
+    assert "hospital-b" not in a_block and "fedmq/+/model/hospital-a" in a_block and "/#" not in a_block
+    assert [line for line in text.splitlines() if "/#" in line] == ["pattern readwrite fedmq-probe/%c/#"]
 
 
 def test_silo_names_are_checked_and_aggregator_is_reserved() -> None:
@@ -189,6 +190,7 @@ def test_a_silo_publishes_its_own_update_and_only_its_own(secure_broker: SecureB
         silo_a.publish(topics.update("hospital-a"), _update("hospital-a"))
         got = _drain(agg, 2.0)
         assert [(g.topic, g.header.silo) for g in got] == [(topics.update("hospital-a"), "hospital-a")]
+        assert silo_a._probe.echoes is True, "the ACL lets a client's probe topics come back to it"
     finally:
         agg.close()
         silo_a.close()
