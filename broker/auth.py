@@ -34,9 +34,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..schemas.topics import ANY_JOB, Topics, check_name
-from .probe import PROBE_ROOT
 from .keys import ensure_keys
 from .private_files import readable_by_others, write_private
+from .probe import PROBE_ROOT
 
 log = logging.getLogger(__name__)
 
