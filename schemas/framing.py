@@ -146,10 +146,10 @@ class Reassembler:
     partial messages per sender's topic, and ``ttl``: a partial message that gets no new chunk for
     that many seconds is dropped and reported by ``take_dropped``. Running out of room for all
     senders together raises ``Overloaded`` (the message may be sent again); every other breach a
-    ``ProtocolError``. With ``check_headers`` the
-    first chunk's header is checked at once, so a message declaring more than the cap, or a chunk
-    count that its size does not need, is refused before its other chunks are buffered. A refused
-    message's later chunks are ignored. Duplicated chunks are ignored.
+    ``ProtocolError``. With ``check_headers`` the first chunk's header is checked at once, so a
+    message declaring more than the cap, or a chunk count that its size does not need, is refused
+    before its other chunks are buffered. A refused message's later chunks are ignored.
+    Duplicated chunks are ignored.
     Not thread-safe: callers serialise ``add`` and ``expire``.
     """
 

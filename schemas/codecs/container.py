@@ -198,8 +198,9 @@ def read(payload: Buffer | Pieces, max_bytes: int) -> tuple[Header, Iterator[tup
         if bytes(start[:4]) != MAGIC or len(start) < 8:
             raise ProtocolError("payload is not a fedmq tensor container (FMQT)")
         (head_len,) = struct.unpack_from("<I", start, 4)
-        if head_len > max_bytes:
-            raise ProtocolError(f"the container's header claims {head_len} bytes, over the {max_bytes}-byte limit")
+        room = declared - 8 if declared >= 0 else max_bytes - 8
+        if head_len > room:  # checked before a buffer of that size is made
+            raise ProtocolError(f"the container's header claims {head_len} bytes; at most {max(room, 0)} follow")
         head_bytes = _read_exact(reader, head_len)
     except zstandard.ZstdError as exc:
         raise ProtocolError(f"payload is not valid zstd: {exc}") from None

@@ -219,3 +219,13 @@ def test_fuzz_mutated_valid_containers(codec: str, edits: list[tuple[int, int]],
         for pos, byte in edits:  # mostly in the header, where the structure is
             raw[pos % (8 + head_len + 16)] = byte
         only_protocol_errors(zstd(bytes(raw[: len(raw) - cut])), codec, max_bytes=BIG)
+
+
+@pytest.mark.parametrize("declare_size", [True, False])
+def test_a_header_length_past_the_frame_is_refused(declare_size: bool) -> None:
+    """A 20-byte container claiming a 1 GB header: refused on the claim where the frame declares its
+    size (before any buffer is made for it), else when the frame ends short of it."""
+    raw = MAGIC + struct.pack("<I", BIG - 16) + b"{}" * 6
+    frame = zstandard.ZstdCompressor(write_content_size=declare_size).compress(raw)
+    with pytest.raises(ProtocolError, match="header claims .* bytes; (at most )?12 follow"):
+        decode_state(frame, "shuffle+zstd", BIG)
