@@ -56,7 +56,8 @@ TICK_S = 0.5
 INIT_TIMEOUT_S = 300.0
 WAITING_LOG_EVERY_S = 30.0
 # What of a strategy's report goes into the round's metrics (the rest is logged only).
-RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std")
+RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std",
+                        "dp_noise_multiplier")
 STATUS_TIMEOUT_S = 2.0  # the status is best effort: never hold the loop long for it
 
 
@@ -245,6 +246,8 @@ class Federation:
         if path.exists():
             self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
             self.next_round = done + 1
+            self.strategy.resume([r["metrics"] for r in self.store.history(self.cfg.job)
+                                  if r["status"] == "completed" and r["round"] <= done])
         log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
                  f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
         self.store.update_job(self.job_id, self.spec.model_dump())

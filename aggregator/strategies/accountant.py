@@ -38,8 +38,8 @@ def _round_event(noise_multiplier: float, sample_rate: float) -> DpEvent:
 
 
 class PrivacyAccountant:
-    """Cumulative (epsilon, delta) over the rounds seen so far. It lives as long as the strategy object:
-    a restarted aggregator counts from zero again."""
+    """Cumulative (epsilon, delta) over the rounds seen so far. A resumed job first ``replay``s the
+    rounds it completed before, so a restart does not reset the privacy spent."""
 
     def __init__(self, noise_multiplier: float, delta: float = 1e-5) -> None:
         if not 0 < delta < 1:
@@ -59,7 +59,15 @@ class PrivacyAccountant:
         self._total.compose(event)
         self.rounds += 1
         return {"dp_epsilon": self.epsilon, "dp_round_epsilon": float(single.get_epsilon(self.delta)),
-                "dp_delta": self.delta, "dp_rounds": self.rounds, "dp_sample_rate": sample_rate}
+                "dp_delta": self.delta, "dp_rounds": self.rounds, "dp_sample_rate": sample_rate,
+                "dp_noise_multiplier": self.noise_multiplier}
+
+    def replay(self, noise_multipliers: list[float]) -> None:
+        """Account rounds spent before (by an earlier run of the job), one noise multiplier each,
+        all at sampling rate 1 (the only rate fedmq's aggregator uses; see the module's docstring)."""
+        for noise_multiplier in noise_multipliers:
+            self._total.compose(_round_event(noise_multiplier, 1.0))
+            self.rounds += 1
 
     @property
     def epsilon(self) -> float:

@@ -30,6 +30,10 @@ class Strategy(Protocol):
         are taken out one by one as their deltas are made, so an update and its delta are never
         both whole in memory."""
 
+    def resume(self, completed: list[Report]) -> None:
+        """Before the first round of a resumed job: the recorded metrics of the rounds it completed,
+        in order (what must carry over a restart, such as the privacy spent)."""
+
     def result(self) -> StateDict:
         """The new global model, in the global model's dtypes. Call once per round, after at least one ``add``."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -12,6 +13,8 @@ from .base import Combiner, Report, ServerStep
 from .mean import WeightedMean
 from .server import Plain
 from .tensors import accumulator_dtype, cast_like, clip_, split_delta
+
+log = logging.getLogger(__name__)
 
 
 class DeltaStrategy:
@@ -62,6 +65,22 @@ class DeltaStrategy:
         self._buffers.add(buffers, weight, silo)
         self._count += 1
         self._clipped += clipped
+
+    def resume(self, completed: list[Report]) -> None:
+        """Carry on after a job's completed rounds, given their recorded metrics in order: the privacy
+        accountant replays the private ones with the noise each recorded (rounds recorded before
+        fedmq kept it: the noise of this run), so a restart does not reset the epsilon."""
+        if self.accountant is None:
+            return
+        private = [m for m in completed if "dp_epsilon" in m]
+        if len(private) < len(completed):
+            log.warning("%d of the job's %d completed round(s) ran without DP-FedAvg: they are not private, and "
+                        "the epsilon reported from now on covers only the others", len(completed) - len(private),
+                        len(completed))
+        self.accountant.replay([float(m.get("dp_noise_multiplier", self.accountant.noise_multiplier)) for m in private])
+        if private:
+            log.info("DP-FedAvg resumed: %d private round(s) before this run, epsilon %.4g at delta %g so far",
+                     len(private), self.accountant.epsilon, self.accountant.delta)
 
     def result(self) -> StateDict:
         if self._global is None or self._count == 0:

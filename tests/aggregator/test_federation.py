@@ -109,3 +109,40 @@ def _updates(store: Store):
 
     with store.session() as s:
         return s.scalars(select(UpdateRecord).order_by(UpdateRecord.id)).all()
+
+
+def test_a_resumed_dp_job_counts_the_privacy_spent_before_the_restart(mosquitto, tmp_path: Path) -> None:
+    """Two rounds, a restart, one more: round 3's epsilon is that of three rounds, not of one."""
+    from fedmq.aggregator.strategies import PrivacyAccountant, StrategyOptions
+
+    job = "dp-resume"
+    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=16, test_per_silo=8)
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    dp = StrategyOptions(dp_clip=1.0, dp_noise=0.8)
+
+    def run(rounds: int) -> None:
+        config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=rounds, min_clients=2,
+                                  out=tmp_path / "out", round_timeout=120, strategy=dp)
+        result: dict[str, int] = {}
+        agg = threading.Thread(target=lambda: result.setdefault("code", Federation(config, store).run()))
+        agg.start()
+        silos = [threading.Thread(target=SiloClient(ClientConfig(
+            broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job, work_dir=tmp_path / f"w{i}")).run)
+            for i in range(2)]
+        for t in silos:
+            t.start()
+        agg.join(timeout=180)
+        for t in silos:
+            t.join(timeout=60)
+        assert result.get("code") == 0
+
+    run(2)
+    run(3)
+    rows = store.history(job)
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    expected = PrivacyAccountant(0.8)
+    for row in rows:
+        expected.spend()
+        assert row["metrics"]["dp_noise_multiplier"] == 0.8
+        assert abs(row["metrics"]["dp_epsilon"] - expected.epsilon) < 1e-9 * expected.epsilon, row["round"]
+    store.close()

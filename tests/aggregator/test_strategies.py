@@ -408,3 +408,19 @@ def test_a_consumed_update_gives_the_same_result_and_is_emptied() -> None:
         strategy.add(dict(state), 2.0, consume=consume)
         strategy.add({k: v * 3 for k, v in state.items()}, 1.0, consume=consume)
     assert all(torch.equal(a.result()[k], b.result()[k]) for k in base)
+
+
+def test_resume_replays_the_private_rounds_with_their_recorded_noise() -> None:
+    from fedmq.aggregator.strategies import PrivacyAccountant
+
+    strategy = make_strategy(StrategyOptions(dp_clip=1.0, dp_noise=2.0))
+    earlier = [{"dp_epsilon": 1.0, "dp_noise_multiplier": 0.5}, {"accuracy": 0.5}, {"dp_epsilon": 2.0}]
+    strategy.resume(earlier)  # round 2 ran without DP; round 3 predates the recorded noise: this run's 2.0
+    expected = PrivacyAccountant(0.5)
+    expected.spend()
+    expected.noise_multiplier = 2.0
+    expected.spend()
+    assert strategy.accountant.rounds == 2
+    assert math.isclose(strategy.accountant.epsilon, expected.epsilon, rel_tol=1e-12)
+    plain = make_strategy(StrategyOptions())
+    plain.resume(earlier)  # nothing to carry over without DP
