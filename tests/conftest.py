@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,11 +114,27 @@ def start_fedmq(*args: str, log: Path, cwd: Path | None = None, env: dict[str, s
                             stderr=subprocess.STDOUT, env={**fedmq_env(), **(env or {})})
 
 
+def wait_for_fedmq(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
+    """Wait for every process started with ``log=logs / f"{name}.log"`` to exit 0; fail with its log's tail
+    (and kill them all) when one exits otherwise or they are not done within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"{name} did not finish in time:\n" + (logs / f"{name}.log").read_text()[-3000:])
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n" + (logs / f"{name}.log").read_text()[-3000:]
+
+
 class FedmqCli:
-    """The `fedmq` command line as child processes, for tests: ``run`` waits, ``start`` does not."""
+    """The `fedmq` command line as child processes, for tests: ``run`` waits, ``start`` does not,
+    ``wait_all`` waits for started ones."""
 
     run = staticmethod(run_fedmq)
     start = staticmethod(start_fedmq)
+    wait_all = staticmethod(wait_for_fedmq)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -12,18 +10,6 @@ from fedmq.broker.server import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 HOST = "127.0.0.1"
-
-
-def _wait_all(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
-            pytest.fail(f"{name} did not finish in time:\n" + (logs / f"{name}.log").read_text()[-3000:])
-        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n" + (logs / f"{name}.log").read_text()[-3000:]
 
 
 def test_broker_aggregator_and_three_clients_as_processes(tmp_path: Path, fedmq) -> None:
@@ -42,7 +28,7 @@ def test_broker_aggregator_and_three_clients_as_processes(tmp_path: Path, fedmq)
         for i in range(3):
             procs[f"s{i}"] = fedmq.start("client", "--broker", url, "--silo", f"s{i}", "--data", str(data / str(i)),
                                          "--work-dir", str(tmp_path / f"work{i}"), log=tmp_path / f"s{i}.log")
-        _wait_all(procs, tmp_path, timeout=300)
+        fedmq.wait_all(procs, tmp_path, timeout=300)
     finally:
         broker.terminate()
         broker.wait(timeout=10)

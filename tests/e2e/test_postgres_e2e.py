@@ -4,26 +4,12 @@ Mosquitto, then `fedmq history` and `fedmq export` read that store."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 JOB = "pg-e2e"
-
-
-def _wait_all(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
-            pytest.fail(f"{name} did not finish in time:\n" + (logs / f"{name}.log").read_text()[-3000:])
-        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n" + (logs / f"{name}.log").read_text()[-3000:]
 
 
 def test_a_job_with_its_store_on_postgres(tmp_path: Path, fedmq, mosquitto, postgres_url: str) -> None:
@@ -38,7 +24,7 @@ def test_a_job_with_its_store_on_postgres(tmp_path: Path, fedmq, mosquitto, post
         procs[f"s{i}"] = fedmq.start("client", "--broker", mosquitto.address, "--job", JOB, "--silo", f"s{i}",
                                      "--data", str(data / str(i)), "--work-dir", str(tmp_path / f"w{i}"),
                                      log=tmp_path / f"s{i}.log")
-    _wait_all(procs, tmp_path, timeout=120)
+    fedmq.wait_all(procs, tmp_path, timeout=120)
     assert "upgraded the store" in (tmp_path / "aggregator.log").read_text(), "a fresh database gets the migrations"
 
     shown = fedmq.run("history", "--db", postgres_url, "--job", JOB, "--json")
