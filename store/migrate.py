@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import StoreError
+from .sqlite import apply_pragmas
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,4 @@ def _migration_engine(engine: Engine) -> Engine:
 
 def _sqlite_migration_pragmas(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.isolation_level = None  # type: ignore[attr-defined]  # the "begin" listener starts transactions
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "foreign_keys=OFF"):  # busy_timeout first, as in store.py
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
+    apply_pragmas(dbapi_connection, foreign_keys=False)

@@ -20,16 +20,13 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..errors import StoreError
 from .migrate import check_current, head, upgrade
 from .models import Evaluation, Job, Round, Silo, UpdateRecord, utcnow
+from .sqlite import apply_pragmas
 
 DEFAULT_DB = "sqlite:///fedmq.db"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL waits for other connections' locks too
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+    apply_pragmas(dbapi_connection, foreign_keys=True)
 
 
 PG_CONNECT_TIMEOUT_S = 10
