@@ -4,7 +4,6 @@ decodes them against that model (the round's, or in async mode the version named
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from sqlalchemy import select
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path, mode: str) -> None:
+def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path, mode: str, run_job) -> None:
     job = f"codec-int8-{mode}"
     data = synth_classification(tmp_path / "D", silos=2, train_per_silo=48, test_per_silo=16)
     store = Store(f"sqlite:///{tmp_path / 'f.db'}")
@@ -29,18 +28,9 @@ def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path
                               round_timeout=120, local_epochs=1, batch_size=8, lr=0.05, codec="delta-int8", mode=mode,
                               buffer_size=2)
     federation = (BufferedFederation if mode == "async" else Federation)(config, store)
-    result: dict[str, int] = {}
-    agg = threading.Thread(target=lambda: result.setdefault("code", federation.run()))
-    agg.start()
     silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
                                      work_dir=tmp_path / f"w{i}")) for i in range(2)]
-    threads = [threading.Thread(target=s.run) for s in silos]
-    for t in threads:
-        t.start()
-    agg.join(timeout=240)
-    for t in threads:
-        t.join(timeout=60)
-    assert result.get("code") == 0
+    assert run_job(federation, silos) == 0
     history = store.history(job)
     assert [r["round"] for r in history] == [1, 2]
     assert all(r["status"] == "completed" and r["rejected"] == 0 for r in history)

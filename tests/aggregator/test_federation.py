@@ -111,7 +111,7 @@ def _updates(store: Store):
         return s.scalars(select(UpdateRecord).order_by(UpdateRecord.id)).all()
 
 
-def test_a_resumed_dp_job_counts_the_privacy_spent_before_the_restart(mosquitto, tmp_path: Path) -> None:
+def test_a_resumed_dp_job_counts_the_privacy_spent_before_the_restart(mosquitto, tmp_path: Path, run_job) -> None:
     """Two rounds, a restart, one more: round 3's epsilon is that of three rounds, not of one."""
     from fedmq.aggregator.strategies import PrivacyAccountant, StrategyOptions
 
@@ -120,24 +120,15 @@ def test_a_resumed_dp_job_counts_the_privacy_spent_before_the_restart(mosquitto,
     store = Store(f"sqlite:///{tmp_path / 'f.db'}")
     dp = StrategyOptions(dp_clip=1.0, dp_noise=0.8)
 
-    def run(rounds: int) -> None:
+    def run(rounds: int) -> int | None:
         config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=rounds, min_clients=2,
                                   out=tmp_path / "out", round_timeout=120, strategy=dp)
-        result: dict[str, int] = {}
-        agg = threading.Thread(target=lambda: result.setdefault("code", Federation(config, store).run()))
-        agg.start()
-        silos = [threading.Thread(target=SiloClient(ClientConfig(
-            broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job, work_dir=tmp_path / f"w{i}")).run)
-            for i in range(2)]
-        for t in silos:
-            t.start()
-        agg.join(timeout=180)
-        for t in silos:
-            t.join(timeout=60)
-        assert result.get("code") == 0
+        silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
+                                         work_dir=tmp_path / f"w{i}")) for i in range(2)]
+        return run_job(Federation(config, store), silos)
 
-    run(2)
-    run(3)
+    assert run(2) == 0
+    assert run(3) == 0
     rows = store.history(job)
     assert [r["status"] for r in rows] == ["completed"] * 3
     expected = PrivacyAccountant(0.8)
