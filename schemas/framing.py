@@ -74,23 +74,22 @@ def unpack_message(data: Buffer | Pieces, topic: str = "") -> Envelope:
 
 def split_chunks(data: Buffer, chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
     """Cut a packed message into prefixed chunks of at most ``chunk_size`` bytes each."""
-    return _chunks([memoryview(data)], chunk_size, message_id)
+    return _chunks(Pieces([data]).parts, chunk_size, message_id)
 
 
 def encode_chunks(header: Message, payload: Buffer = b"", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
     """The chunks of one message, each built in one copy from the header and a view of the payload
     (the packed message is never joined first)."""
     head = dump_header(header)
-    return _chunks([memoryview(_HEADER_LEN.pack(len(head)) + head), memoryview(payload)], chunk_size)
+    return _chunks(Pieces([_HEADER_LEN.pack(len(head)) + head, payload]).parts, chunk_size)
 
 
 def _chunks(parts: list[memoryview], chunk_size: int, message_id: bytes | None = None) -> list[bytes]:
-    """Chunks over the concatenation of ``parts``, without materialising it."""
+    """Chunks over the concatenation of ``parts`` (non-empty byte views), without materialising it."""
     body = chunk_size - PREFIX_SIZE
     if body <= 0:
         raise ValueError(f"chunk_size must exceed the {PREFIX_SIZE}-byte prefix")
     mid = message_id or uuid.uuid4().bytes
-    parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if len(p)]
     total = sum(len(p) for p in parts)
     count = max(1, -(-total // body))
     chunks, at, offset = [], 0, 0  # the part being read and the offset in it
