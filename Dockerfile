@@ -7,7 +7,7 @@
 # CPU by default: torch and torchvision come first, from PyTorch's CPU index
 #   pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
 # (a few hundred MB, where PyPI's default Linux build pulls gigabytes of CUDA libraries). Their
-# version 2.14.1+cpu satisfies pyproject.toml's torch==2.14.1 pin, so `pip install .` keeps them.
+# version 2.14.1+cpu is constraints.txt's pin and within pyproject.toml's range, so `pip install .` keeps them.
 #
 # CUDA variant: set TORCH_INDEX_URL to the CUDA index that pytorch.org lists for torch 2.14.1
 # (cu128 above is an example). The CUDA wheels carry their own CUDA libraries, so the slim base
@@ -29,7 +29,8 @@ RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" 
 
 # The repository root is the fedmq package (pyproject.toml maps it); .dockerignore keeps out the rest.
 COPY . /src
-RUN pip install /src && rm -rf /src
+# [all]: the PostgreSQL driver, embedded broker, plots and DP accounting, so one image serves every role.
+RUN pip install "/src[all]" && rm -rf /src
 
 # Not root. /state is where compose mounts the store and checkpoints: a new named volume takes its owner from here.
 RUN useradd --create-home --uid 1000 fedmq \

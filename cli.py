@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .config_file import config_option
+from .commands.config_file import config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
@@ -95,6 +95,8 @@ def cli(log_level: str, log_file: Path | None) -> None:
         except OSError as exc:
             raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}", hint="check the --log-file path") from None
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, handlers=handlers)
+    # Alembic narrates its plug-ins and each migration step at INFO; the store logs what matters itself.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # -- broker ----------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ STRATEGY_FIELDS = ("name", "trim", "krum_f", "krum_m", "clip_norm", "server_lr",
 
 
 def _strategy_options(f: Any) -> Any:
-    from .aggregator.strategies import STRATEGY_NAMES
+    from .aggregator.strategies.options import STRATEGY_NAMES
 
     positive = click.FloatRange(0, min_open=True)
     options = [
@@ -274,7 +276,7 @@ def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, 
 def history(db: str, job: str | None, as_json: bool, round_number: int | None, csv_path: Path | None,
             plot_path: Path | None) -> None:
     """Show the rounds of a job as recorded in the store."""
-    from .history import print_history
+    from .commands.history import print_history
 
     print_history(db, job, as_json, round_number=round_number, csv_path=csv_path, plot_path=plot_path)
 
@@ -292,7 +294,7 @@ def history(db: str, job: str | None, as_json: bool, round_number: int | None, c
 def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
     """Show a job live, from the broker: its spec, the silos online, the current round and its deadline."""
     from .broker.url import parse_broker_url
-    from .status import print_status
+    from .commands.status import print_status
 
     print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=as_json)
 
@@ -309,7 +311,7 @@ def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_
               help="The file to write: model.pt (torch.save of the state dict) or model.safetensors.")
 def export(db: str, job: str, round_number: int | None, out_dir: Path, out_file: Path) -> None:
     """Export a round's global model as a plain state dict, loadable with torchvision's own constructor."""
-    from .export import export_model
+    from .commands.export import export_model
 
     export_model(db, job, round_number, out_dir, out_file)
 
@@ -411,7 +413,7 @@ def data_split_coco(annotations: Path, images: Path, silos: int, out: Path, test
               help="Keep data, logs, store and checkpoints here (default: a new temporary folder).")
 def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
     """Run a whole federation on this machine: a broker, an aggregator and silos on synthetic data."""
-    from .demo import run_demo
+    from .commands.demo import run_demo
 
     sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir))
 

@@ -6,14 +6,15 @@ cd "$(dirname "$0")"
 
 setup_venv() {
     local stamp=.venv/.fedmq-installed want
-    want=$(sha256sum pyproject.toml | cut -c1-16)
+    want=$(cat pyproject.toml setup.py constraints.txt | sha256sum | cut -c1-16)
     if [ -x .venv/bin/fedmq ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
     echo "setting up .venv (PyTorch comes from this machine's disk; a few minutes the first time) ..." >&2
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    # torch/torchvision first and pinned, so no resolver reaches for another build.
-    .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-    .venv/bin/pip install -q -e '.[test]'
+    # torch/torchvision first and pinned (constraints.txt), so no resolver reaches for another build.
+    .venv/bin/pip install -q -c constraints.txt torch torchvision
+    # dev = every optional part (PostgreSQL, embedded broker, plots, DP accounting) and the test tools.
+    .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
     echo "$want" > "$stamp"
 }
 

@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UpdateRejected
-from ..schemas import Received, Update, decode_state
+from ..schemas import Received, Update
+from ..schemas.codec import decode_state
 from .checks import check_tensors
 from .federation import Federation, GlobalModel
 

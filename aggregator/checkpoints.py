@@ -9,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, StoreError
-from ..schemas import StateDict
+from ..schemas.codec import StateDict
 
 
 def checkpoint_path(out_dir: Path, job: str, version: int) -> Path:

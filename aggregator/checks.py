@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UpdateRejected
-from ..schemas import StateDict
+from ..schemas.codec import StateDict
 
 
 def check_tensors(state: StateDict, reference: StateDict) -> None:

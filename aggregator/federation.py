@@ -23,24 +23,19 @@ from ..broker.connection import Connection, Refused
 from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
 from ..schemas import (
     DEFAULT_CODEC,
-    Base,
     Envelope,
     JobSpec,
     ModelSync,
     PayloadInfo,
     Presence,
     Received,
-    StateDict,
     TestRequest,
     TestResult,
     Topics,
     Update,
-    decode_state,
-    encode_state,
-    sha256_hex,
 )
 from ..schemas.catalog import check_model
-from ..schemas.codec import lossless_codec
+from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex
 from ..schemas.messages import InitRequest, RoundStatus
 from ..schemas.signing import verify
 from ..store import Store

@@ -44,9 +44,8 @@ from fedmq.schemas import (
     TestResult,
     Topics,
     Update,
-    encode_state,
-    sha256_hex,
 )
+from fedmq.schemas.codec import encode_state, sha256_hex
 from fedmq.schemas.messages import RoundStatus
 from silo_sim import (
     AggregatorProcess,

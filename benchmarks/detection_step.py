@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from fedmq.edge_client.data.coco import collate_detection, detection_labels, synth_detection
 from fedmq.edge_client.detection import DetectionTask
-from fedmq.schemas import JobSpec, encode_state
+from fedmq.schemas import JobSpec
+from fedmq.schemas.codec import encode_state
 from torch.utils.data import DataLoader
 
 MODELS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")

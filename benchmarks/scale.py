@@ -41,10 +41,8 @@ from fedmq.schemas import (
     TestResult,
     Topics,
     Update,
-    decode_state,
-    encode_state,
-    sha256_hex,
 )
+from fedmq.schemas.codec import decode_state, encode_state, sha256_hex
 from silo_sim import LABELS, AggregatorProcess, Listener, initial_weights, model_mb, silo_name
 
 JOB = "scale"

@@ -23,7 +23,8 @@ import torch
 from bench_common import MB, fedmq_cli, rss_mb
 from fedmq.broker.connection import Connection
 from fedmq.broker.url import BrokerUrl
-from fedmq.schemas import DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Presence, StateDict, Topics, encode_chunks
+from fedmq.schemas import DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Presence, Topics, encode_chunks
+from fedmq.schemas.codec import StateDict
 from fedmq.schemas.framing import PREFIX_SIZE, pack_message, split_chunks
 from fedmq.schemas.messages import Message
 from paho.mqtt.enums import CallbackAPIVersion

@@ -58,13 +58,10 @@ from fedmq.schemas import (
     ModelSync,
     PayloadInfo,
     Reassembler,
-    StateDict,
-    decode_state,
     encode_chunks,
-    encode_state,
-    sha256_hex,
     unpack_message,
 )
+from fedmq.schemas.codec import StateDict, decode_state, encode_state, sha256_hex
 from paho.mqtt.enums import CallbackAPIVersion
 
 FEDMQ_TOPIC = "fedmq/bench/model"

@@ -20,23 +20,18 @@ from ..broker.url import BrokerUrl
 from ..errors import BrokerError, ConfigError, DataError, ProtocolError
 from ..schemas import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    Base,
     Envelope,
     JobSpec,
     ModelSync,
     PayloadInfo,
     Presence,
     Received,
-    StateDict,
     TestRequest,
     TestResult,
     Topics,
     Update,
-    decode_state,
-    encode_state,
-    sha256_hex,
 )
-from ..schemas.codec import lossless_codec, update_seed
+from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
 from ..schemas.messages import InitRequest
 from ..schemas.signing import Signed, sign
 from .distributed import make_trainer

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import Overloaded, ProtocolError
+from .limits import DEFAULT_CHUNK_SIZE
 from .messages import MAX_HEADER_BYTES, Message, dump_header, parse_header
 from .pieces import Buffer, Pieces
 
@@ -23,9 +24,6 @@ MAGIC = b"FMQ\x01"
 _PREFIX = struct.Struct("!4s16sII")
 PREFIX_SIZE = _PREFIX.size
 _HEADER_LEN = struct.Struct("!I")
-DEFAULT_CHUNK_SIZE = 1024 * 1024
-DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
-"""The default cap on one message (and on a payload once decompressed): well above Faster R-CNN R50."""
 
 
 Received = bytes | Pieces

@@ -18,11 +18,10 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..errors import StoreError
+from . import DEFAULT_DB
 from .migrate import check_current, head, upgrade
 from .models import Evaluation, Job, Round, Silo, UpdateRecord, utcnow
 from .sqlite import apply_pragmas
-
-DEFAULT_DB = "sqlite:///fedmq.db"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 
 Report = dict[str, float | int | str | list]
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .base import KeepAll, Report
 
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .accountant import PrivacyAccountant
 from .base import Combiner, Report, ServerStep
 from .mean import WeightedMean

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UpdateRejected
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .base import Report
 from .tensors import clip_
 

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .base import KeepAll, Report
 
 log = logging.getLogger("fedmq.aggregator")

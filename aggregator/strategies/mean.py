@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .base import Report
 
 

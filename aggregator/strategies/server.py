@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 from .tensors import STATISTICS
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ...schemas import StateDict
+from ...schemas.codec import StateDict
 
 
 def accumulator_dtype(tensor: torch.Tensor) -> torch.dtype:

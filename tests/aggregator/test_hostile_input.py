@@ -21,7 +21,8 @@ from fedmq.aggregator.federation import Federation
 from fedmq.broker.connection import Connection
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
-from fedmq.schemas import ModelSync, PayloadInfo, Presence, Topics, Update, decode_state, encode_state, sha256_hex
+from fedmq.schemas import ModelSync, PayloadInfo, Presence, Topics, Update
+from fedmq.schemas.codec import decode_state, encode_state, sha256_hex
 from fedmq.schemas.framing import pack_message, split_chunks
 from fedmq.schemas.signing import sign
 from fedmq.store import Store

@@ -25,7 +25,8 @@ from fedmq.broker.connection import Connection
 from fedmq.broker.server import free_port, mosquitto_binary, run_broker, wait_for_port
 from fedmq.broker.url import BrokerUrl
 from fedmq.errors import BrokerError, ConfigError
-from fedmq.schemas import PayloadInfo, Presence, Topics, Update, sha256_hex
+from fedmq.schemas import PayloadInfo, Presence, Topics, Update
+from fedmq.schemas.codec import sha256_hex
 
 HOST = "127.0.0.1"
 SILOS = ["hospital-a", "hospital-b"]

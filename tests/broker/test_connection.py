@@ -6,7 +6,8 @@ import time
 
 import torch
 from fedmq.broker.connection import Connection, Refused
-from fedmq.schemas import JobSpec, ModelSync, PayloadInfo, Presence, Topics, decode_state, encode_state, sha256_hex
+from fedmq.schemas import JobSpec, ModelSync, PayloadInfo, Presence, Topics
+from fedmq.schemas.codec import decode_state, encode_state, sha256_hex
 from fedmq.schemas.framing import encode_chunks
 
 

@@ -24,7 +24,8 @@ from fedmq.broker.server import free_port, mosquitto_binary, mosquitto_config, s
 from fedmq.broker.tls import tls_files
 from fedmq.broker.url import BrokerUrl
 from fedmq.errors import BrokerError
-from fedmq.schemas import DEFAULT_CHUNK_SIZE, JobSpec, ModelSync, PayloadInfo, Presence, Topics, encode_state, sha256_hex
+from fedmq.schemas import DEFAULT_CHUNK_SIZE, JobSpec, ModelSync, PayloadInfo, Presence, Topics
+from fedmq.schemas.codec import encode_state, sha256_hex
 from fedmq.schemas.framing import pack_message
 
 HOST = "127.0.0.1"

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from fedmq.commands.history_plot import plot_rounds
 from fedmq.errors import ConfigError
-from fedmq.history_plot import plot_rounds
 from fedmq.store import Store
 from PIL import Image
 

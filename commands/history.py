@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .errors import ConfigError, StoreError
-from .store import Store
+from ..errors import ConfigError, StoreError
+from ..store import Store
 
 # The table shows these; `--json` has every metric the silos reported.
 TABLE_METRICS = ("accuracy", "map", "map50", "loss", "train_loss")

@@ -17,10 +17,10 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from .broker.server import free_port, mosquitto_binary, wait_for_port
-from .errors import FedmqError
+from ..broker.server import free_port, mosquitto_binary, wait_for_port
+from ..errors import FedmqError
+from ..store import Store
 from .history import render_rounds
-from .store import Store
 
 HOST = "127.0.0.1"
 TIMEOUT_S = {"classification": 600, "detection": 1200}

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAIN_METRICS = ("accuracy", "map", "map50")  # the first one the job reports is the headline
 LOSSES = (("loss", "test loss"), ("train_loss", "train loss"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from fedmq.aggregator.checkpoints import checkpoint_path, save_checkpoint
+from fedmq.commands.export import export_model
 from fedmq.edge_client.models import build_model
 from fedmq.errors import ConfigError, StoreError
-from fedmq.export import export_model
 from fedmq.store import Store
 from safetensors import safe_open
 from safetensors.torch import load_file

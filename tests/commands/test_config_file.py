@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fedmq.broker.server import free_port
 from fedmq.cli import cli
-from fedmq.config_file import known_envvars, load_config, settings, warn_unknown_envvars
+from fedmq.commands.config_file import known_envvars, load_config, settings, warn_unknown_envvars
 from fedmq.errors import ConfigError
 
 SHARED_ENVVARS = {"FEDMQ_BROKER", "FEDMQ_DB", "FEDMQ_CA_FILE", "FEDMQ_SIGNING_KEY"}
@@ -244,7 +244,7 @@ def test_a_top_level_broker_is_shared_by_every_command_with_broker(tmp_path: Pat
 
 @pytest.mark.parametrize("section", ["## Configuration files and environment variables", "## Run it on several machines"])
 def test_the_readmes_config_files_load(tmp_path: Path, section: str) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     text = readme[readme.index(section):]
     text = text[:text.find("\n## ", 1)]
     blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)

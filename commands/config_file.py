@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ENV_PREFIX = "FEDMQ"
 CONFIG_ENV = "FEDMQ_CONFIG"

@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from .aggregator.checkpoints import checkpoint_path, load_checkpoint
-from .errors import ConfigError, StoreError
+from ..aggregator.checkpoints import checkpoint_path, load_checkpoint
+from ..errors import ConfigError, StoreError
+from ..schemas.codec import StateDict
 from .history import open_existing_store
-from .schemas import StateDict
 
 FORMATS = (".pt", ".safetensors")
 

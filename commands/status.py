@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from .broker.connection import Connection, Refused
-from .broker.url import BrokerUrl
-from .errors import FedmqError
-from .schemas import JobSpec, Presence, Topics
-from .schemas.messages import MAX_HEADER_BYTES, RoundStatus
+from ..broker.connection import Connection, Refused
+from ..broker.url import BrokerUrl
+from ..errors import FedmqError
+from ..schemas import JobSpec, Presence, Topics
+from ..schemas.messages import MAX_HEADER_BYTES, RoundStatus
 
 
 @dataclass
