@@ -242,11 +242,9 @@ def test_a_top_level_broker_is_shared_by_every_command_with_broker(tmp_path: Pat
     assert default_map == {name: {"broker": "mqtt://broker.example:1883"} for name in with_broker}
 
 
-@pytest.mark.parametrize("section", ["## Configuration files and environment variables", "## Run it on several machines"])
-def test_the_readmes_config_files_load(tmp_path: Path, section: str) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    text = readme[readme.index(section):]
-    text = text[:text.find("\n## ", 1)]
+@pytest.mark.parametrize("page", ["configuration.md", "deployment.md"])
+def test_the_documentations_config_files_load(tmp_path: Path, page: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
     assert blocks
     for i, block in enumerate(blocks):
