@@ -20,6 +20,9 @@ from __future__ import annotations
 import torch
 
 from ...schemas.codec import StateDict
+from .base import Parts
+from .mean import WeightedMean
+from .options import DEFAULT_ADAPTIVE_LR, DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_SERVER_LR, DEFAULT_TAU, StrategyOptions
 from .tensors import STATISTICS
 
 
@@ -87,4 +90,30 @@ class FedAdam(Adaptive):
         v.mul_(self.beta2).add_(squared, alpha=1 - self.beta2)
 
 
-ADAPTIVE = {cls.name: cls for cls in (FedAdagrad, FedYogi, FedAdam)}
+def plain(options: StrategyOptions) -> Plain:
+    """The server step of every strategy that names none: ``x + lr * delta``, lr ``--server-lr`` (1.0)."""
+    return Plain(DEFAULT_SERVER_LR if options.server_lr is None else options.server_lr)
+
+
+def _adaptive(kind: type[Adaptive], o: StrategyOptions) -> Parts:
+    return Parts(WeightedMean(), kind(
+        lr=DEFAULT_ADAPTIVE_LR if o.server_lr is None else o.server_lr,
+        beta1=DEFAULT_BETA1 if o.beta1 is None else o.beta1,
+        beta2=DEFAULT_BETA2 if o.beta2 is None else o.beta2,
+        tau=DEFAULT_TAU if o.tau is None else o.tau,
+    ))
+
+
+def fedadam(options: StrategyOptions) -> Parts:
+    """``fedadam`` (registered in pyproject.toml): the mean delta as FedAdam's pseudo-gradient."""
+    return _adaptive(FedAdam, options)
+
+
+def fedyogi(options: StrategyOptions) -> Parts:
+    """``fedyogi``."""
+    return _adaptive(FedYogi, options)
+
+
+def fedadagrad(options: StrategyOptions) -> Parts:
+    """``fedadagrad``."""
+    return _adaptive(FedAdagrad, options)
