@@ -69,7 +69,7 @@ class Federation:
         check_strategy(config)
         self.strategy: Strategy = make_strategy(config.strategy)
         self.policy: RoundPolicy = policy or make_policy(config)
-        self.stop = stop or StopFlag()
+        self.stop = stop if stop is not None else StopFlag()  # (a StopFlag is falsy until set)
         if config.sign and config.keys_dir is None:
             raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
         self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key

@@ -76,7 +76,8 @@ class RunState:
 class SiloClient:
     def __init__(self, config: ClientConfig, connection: Connection | None = None, *, stop: StopFlag | None = None) -> None:
         self.cfg = config
-        self.stop = stop or StopFlag()  # set (by a signal): finish the step in hand, or the batch, and leave
+        # Set (by a signal): finish the step in hand, or the batch, and leave. (A StopFlag is falsy until set.)
+        self.stop = stop if stop is not None else StopFlag()
         self.topics = Topics(config.job)
         self.task: Task = open_task(config.data)
         self.device = pick_device(config.device)
