@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..broker.connection import Connection, Refused
-from ..errors import ConfigError, ProtocolError, UpdateRejected
+from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
 from ..schemas import Envelope, JobSpec, Presence, Received, TestResult, Update
 from ..schemas.catalog import check_model
 from ..schemas.codec import StateDict, decode_state
@@ -129,6 +129,11 @@ class Federation:
         except ConfigError:
             # The job cannot go on as configured: tell the silos, so they stop waiting.
             self._set_status("failed")
+            raise
+        except BrokerError:
+            # The broker is gone for longer than a publish waits, or no longer delivers our topics: this
+            # process cannot go on. The store says so; the same command resumes the job.
+            self._mark_interrupted()
             raise
         except KeyboardInterrupt:
             # A second Ctrl-C (or a KeyboardInterrupt from a script): out at once, but the completed
