@@ -240,8 +240,8 @@ class Federation:
         status = self._round_status()
         if status == self._last_status:
             return
-        if self.link.publish_status(status):
-            self._last_status = status
+        self._last_status = status  # once per change: a failed one goes out with the retained state on reconnect
+        self.link.publish_status(status)
 
     def _round_status(self) -> RoundStatus:
         def unix(deadline: float | None) -> float | None:
