@@ -23,7 +23,7 @@ from .base import Build, Strategy
 from .delta import DeltaStrategy
 from .dp import NoisedMean
 from .options import DEFAULT_DP_DELTA, StrategyOptions
-from .server import plain
+from .plain import plain
 
 
 def _generator(seed: int | None) -> torch.Generator:

@@ -1,7 +1,8 @@
-"""Server steps: how the combined delta moves the global model.
+"""The adaptive server steps, registered as strategies: how the combined delta moves the global model.
 
-``Plain`` is FedAvg's ``x + lr * delta``. The adaptive ones are Reddi et al. 2021, "Adaptive
-Federated Optimization", Algorithm 2, which treats the combined delta as a pseudo-gradient:
+FedAvg's plain ``x + lr * delta`` is in plain.py, shared by every strategy that names no step.
+These are Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2, which treats the
+combined delta as a pseudo-gradient:
 
     m = beta1 * m + (1 - beta1) * delta
     v = v + delta^2                                          FedAdagrad
@@ -22,18 +23,8 @@ import torch
 from ...schemas.codec import StateDict
 from .base import Parts
 from .mean import WeightedMean
-from .options import DEFAULT_ADAPTIVE_LR, DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_SERVER_LR, DEFAULT_TAU, StrategyOptions
+from .options import DEFAULT_ADAPTIVE_LR, DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_TAU, StrategyOptions
 from .tensors import STATISTICS
-
-
-class Plain:
-    name = "plain"
-
-    def __init__(self, lr: float = 1.0) -> None:
-        self.lr = lr
-
-    def step(self, params: StateDict, delta: StateDict) -> StateDict:
-        return {name: p.add(delta[name], alpha=self.lr) for name, p in params.items()}
 
 
 class Adaptive:
@@ -88,11 +79,6 @@ class FedAdam(Adaptive):
 
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> None:
         v.mul_(self.beta2).add_(squared, alpha=1 - self.beta2)
-
-
-def plain(options: StrategyOptions) -> Plain:
-    """The server step of every strategy that names none: ``x + lr * delta``, lr ``--server-lr`` (1.0)."""
-    return Plain(DEFAULT_SERVER_LR if options.server_lr is None else options.server_lr)
 
 
 def _adaptive(kind: type[Adaptive], o: StrategyOptions) -> Parts:
