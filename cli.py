@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
 from .schemas.codecs.names import CODECS, DEFAULT_CODEC
 from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
+from .stopping import EXIT_STOPPED, StopFlag, Stopped
 
 log = logging.getLogger("fedmq")
 
@@ -38,9 +40,9 @@ class FedmqGroup(click.Group):
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             ctx.exit(2 if isinstance(exc, ConfigError) else 1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped):
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_STOPPED)
 
 
 def _broker_option(f: Any) -> Any:
@@ -144,12 +146,29 @@ STRATEGY_FIELDS = ("strategy", "trim", "krum_f", "krum_m", "clip_norm", "server_
                    "dp_clip", "dp_noise", "dp_delta")
 
 
+class RegisteredChoice(click.Choice):
+    """A choice among registered plug-in names, read from the installed metadata when first needed
+    (to check a value or show ``--help``), not when the command tree is built: ``fedmq --help`` reads none."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self._names()
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # click.Choice sets it in __init__; the registry is the source
+
+
 def _strategy_options(f: Any) -> Any:
-    from .aggregator.strategies.options import STRATEGY_NAMES
+    from .aggregator.strategies.options import strategy_names
 
     positive = click.FloatRange(0, min_open=True)
     options = [
-        click.option("--strategy", default="fedavg", show_default=True, type=click.Choice(STRATEGY_NAMES),
+        click.option("--strategy", default="fedavg", show_default=True, type=RegisteredChoice(strategy_names),
                      help="How updates become the new model: fedavg; fedprox (with --mu); robust median, "
                           "trimmed-mean, krum, multi-krum; server optimisers fedadam, fedyogi, fedadagrad."),
         click.option("--mu", default=0.0, type=click.FloatRange(0), help="fedprox: the silos' proximal weight."),
@@ -232,7 +251,7 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
     strategy = StrategyOptions(**{"name" if name == "strategy" else name: options.pop(name) for name in STRATEGY_FIELDS})
     config = AggregatorConfig(broker=parse_broker_url(broker, ca_file), task=task, model=model, batch_size=batch_size,
                               strategy=strategy, keys_dir=options.pop("keys"), **options)
-    sys.exit(run_aggregator(config))
+    sys.exit(run_aggregator(config, stop=StopFlag().install()))
 
 
 # -- client ----------------------------------------------------------------------------------------
@@ -262,7 +281,7 @@ def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, 
     config = ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=data, job=job,
                           work_dir=work_dir, connect_timeout=connect_timeout, device=device,
                           signing_key=signing_key, nproc_per_node=nproc_per_node)
-    sys.exit(SiloClient(config).run())
+    sys.exit(SiloClient(config, stop=StopFlag().install()).run())
 
 
 # -- history ---------------------------------------------------------------------------------------
@@ -423,10 +442,12 @@ def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM shuts down like Ctrl-C: finally-blocks run, the store stays consistent
+    raise KeyboardInterrupt  # SIGTERM ends a short command like Ctrl-C: finally-blocks run
 
 
 def main() -> None:
+    # The long-running loops (aggregator, client) replace this with a stop flag they check between
+    # steps (stopping.py); the other commands are short, or (broker, demo) stop their children on it.
     signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="fedmq")
 
