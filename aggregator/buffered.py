@@ -8,6 +8,9 @@ The aggregator folds every ``buffer_size`` updates into a new model version:
 where ``base_i`` is the version the silo trained from and the staleness ``s_i`` is how many
 versions the global model moved on since. Updates staler than ``max_staleness`` are rejected.
 The bases of the last ``max_staleness + 1`` versions are kept in memory to form the deltas.
+An update counts once: the payload digests of the updates counted are kept as long as their base
+can still be admitted, so a copy that arrives after its buffer closed (a re-send after a reconnect)
+is refused as a duplicate instead of being folded into the next version.
 ``--rounds`` counts versions; history records each contribution's base version and staleness.
 """
 
@@ -38,7 +41,6 @@ class Buffer:
     number: int  # the version these updates will make
     waiting: set[str]  # in async mode every online silo is training
     contributions: list[tuple[str, int, int]] = field(default_factory=list)  # (silo, base version, staleness)
-    seen: set[str] = field(default_factory=set)  # payload digests, so a resent update counts once
     num_samples: int = 0
     loss_sum: float = 0.0
     loss_samples: int = 0
@@ -72,6 +74,7 @@ class BufferedRounds:
         self.rounds = config.rounds
         self.current: Buffer | None = None
         self.bases: dict[str, GlobalModel] = {}  # digest -> a recent version
+        self.counted: dict[str, int] = {}  # payload digest of each update counted -> its base version
         self._model: GlobalModel | None = None  # the newest version: staleness counts from it
         self._finished = False
 
@@ -79,6 +82,8 @@ class BufferedRounds:
         self.bases[model.digest] = model
         oldest = model.version - self.max_staleness
         self.bases = {d: m for d, m in self.bases.items() if m.version >= oldest}
+        # an update on an older base is refused as too stale anyway: its digest need not be kept
+        self.counted = {d: v for d, v in self.counted.items() if v >= oldest}
 
     def open(self, number: int, model: GlobalModel, *, asked: set[str], sampled: bool, min_clients: int,
              now: float) -> Buffer:
@@ -99,15 +104,16 @@ class BufferedRounds:
             raise UpdateRejected(f"trained from a model older than the last {self.max_staleness + 1} versions "
                                  "or never sent (too stale or unknown)")
         staleness = self._model.version - base.version
-        if update.payload.sha256 in buffer.seen:
-            raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again)")
+        if update.payload.sha256 in self.counted:
+            raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again, already counted "
+                                 f"from base v{self.counted[update.payload.sha256]})")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
         return Admission(base=base, weight=update.num_samples * staleness_weight(staleness), staleness=staleness)
 
     def count(self, update: Update, admission: Admission) -> None:
         buffer = self.current
-        buffer.seen.add(update.payload.sha256)
+        self.counted[update.payload.sha256] = admission.base.version
         buffer.contributions.append((update.silo, admission.base.version, admission.staleness))
         buffer.num_samples += update.num_samples
         if update.train_loss is not None:
