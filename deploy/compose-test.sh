@@ -36,6 +36,7 @@ STANDINS="$ROOT/deploy/standins"
 RUN_DIR=$(mktemp -d /tmp/fedmq-compose-test.XXXXXX)
 WHEEL_SERVER_PID=
 WHEELS_URL=
+POSTGRES_ID=
 WHEELS_PORT=${WHEELS_PORT:-38517}
 COMPOSE=()
 BUILD_SECONDS=-
@@ -95,8 +96,8 @@ ensure_docker() {
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 pulled() { timeout 60 docker pull -q "$1" >/dev/null 2>&1; }
 
-ensure_debian() {
-    local tag=debian:bookworm-slim rootfs="$CACHE/rootfs"
+ensure_debian() {  # [TAG]: debian:bookworm-slim, pulled, or made from Debian's mirror
+    local tag=${1:-debian:bookworm-slim} rootfs="$CACHE/rootfs"
     have_image "$tag" || pulled "$tag" && return 0
     echo "no registry: $tag from Debian's mirror with debootstrap (a few minutes, once)"
     command -v debootstrap >/dev/null || apt_install debootstrap
@@ -112,12 +113,15 @@ ensure_debian() {
 
 ensure_base_image() {  # TAG STANDIN_DOCKERFILE
     local tag=$1 dockerfile=$2
-    if have_image "$tag"; then echo "$tag: present${3:-}"; return; fi
-    if pulled "$tag"; then echo "$tag: pulled"; return; fi
+    local standin
+    standin=$(docker image inspect -f '{{index .Config.Labels "org.fedmq.standin"}}' "$tag" 2>/dev/null || true)
+    if have_image "$tag" && [ -z "$standin" ]; then echo "$tag: present"; return; fi
+    if [ -z "$standin" ] && pulled "$tag"; then echo "$tag: pulled"; return; fi
     ensure_debian
-    echo "$tag: building a stand-in from Debian's packages ($dockerfile)"
-    docker build -q --network host -t "$tag" -f "$STANDINS/$dockerfile" "$STANDINS" >/dev/null \
-        || die "building the $tag stand-in failed: docker build -t $tag -f $STANDINS/$dockerfile $STANDINS"
+    # A stand-in is built again each time: from the cache in seconds, unless its Dockerfile changed.
+    echo "$tag: ${standin:+present, }a stand-in built from Debian's packages (deploy/standins/$dockerfile)"
+    docker build -q --network host -t "$tag" -f "$STANDINS/$dockerfile" "$STANDINS" >"$RUN_DIR/standin.log" 2>&1 \
+        || { tail -20 "$RUN_DIR/standin.log" >&2; die "building the $tag stand-in failed (deploy/standins/$dockerfile)"; }
 }
 
 # -- 3. fedmq's image -------------------------------------------------------------------------------------
@@ -127,8 +131,10 @@ serve_wheels() {  # sets WHEELS_URL for the Dockerfile's WHEELS, or leaves it em
     local wheels="$CACHE/wheels" stamp port
     echo "PyTorch's index does not answer: the wheels from this machine's pip, served on 127.0.0.1"
     mkdir -p "$wheels"
-    # The wheel set follows from these two files alone: download again only when they change.
-    stamp=$(cat "$ROOT/constraints.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    # The wheel set follows from the pins and the declared dependencies: download again only when they change.
+    stamp=$(python3 -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(json.dumps([p["dependencies"], p["optional-dependencies"], open(sys.argv[2]).read()]))' \
+        "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
         # torch's pin from constraints.txt; pip's own configuration says where it lies (here: a local mirror).
         python3 -m pip download -q --dest "$wheels" --only-binary=:all: -c "$ROOT/constraints.txt" \
@@ -165,20 +171,22 @@ make_secrets() {
 }
 
 history_json() { compose run --rm --no-deps -T aggregator history --job "$JOB" --json 2>/dev/null; }
-completed_rounds() {  # from the store, through PostgreSQL's own client in its container
-    compose exec -T postgres psql -qtA -U fedmq -d fedmq -c \
-        "select count(*) from rounds r join jobs j on j.id = r.job_id where j.name = '$JOB' and r.status = 'completed'" \
-        2>/dev/null | tr -d '[:space:]'
+store_query() {  # SQL: through PostgreSQL's own client in its container (docker exec: compose exec is slower)
+    docker exec "$POSTGRES_ID" psql -qtA -U fedmq -d fedmq -c "$1" 2>/dev/null | tr -d '[:space:]'
+}
+completed_rounds() {
+    store_query "select count(*) from rounds r join jobs j on j.id = r.job_id where j.name = '$JOB' and r.status = 'completed'"
 }
 container_of() { compose ps -q "$1"; }
 exit_code() { docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$1"; }
 
 wait_rounds() {  # N DEADLINE_SECONDS: until N rounds are completed, failing if the aggregator stops first
-    local want=$1 deadline=$((SECONDS + $2)) done=0 state
+    local want=$1 deadline=$((SECONDS + $2)) done=0 state aggregator
+    aggregator=$(container_of aggregator)
     while [ "$SECONDS" -lt "$deadline" ]; do
         done=$(completed_rounds || true); done=${done:-0}
         [ "$done" -ge "$want" ] && { echo "$done"; return; }
-        state=$(exit_code "$(container_of aggregator)")
+        state=$(exit_code "$aggregator")
         [ "${state%% *}" = exited ] && die "the aggregator stopped ($state) after $done round(s), before round $want"
         sleep 0.5
     done
@@ -203,6 +211,7 @@ run_job() {
     step "compose up: broker, postgres, synth, aggregator, ${#SILOS[@]} silos; $ROUNDS rounds"
     local started=$SECONDS killed_at resumed
     compose up -d --no-build >/dev/null 2>&1 || { compose up -d --no-build; die "compose up failed"; }
+    POSTGRES_ID=$(container_of postgres)
     killed_at=$(wait_rounds "$KILL_AFTER" "$JOB_TIMEOUT")
     [ "$killed_at" -lt "$ROUNDS" ] || die "the job finished before it could be killed: raise ROUNDS"
     step "killing the aggregator after round $killed_at of $ROUNDS (SIGKILL), then compose up again"
@@ -235,8 +244,7 @@ print("\n".join(problems) or f"every round 1..{want} completed once, each with {
 sys.exit(1 if problems else 0)
 EOF
     local doubled
-    doubled=$(compose exec -T postgres psql -qtA -U fedmq -d fedmq -c \
-        "select count(*) from (select job_id, number from rounds group by job_id, number having count(*) > 1) d" | tr -d '[:space:]')
+    doubled=$(store_query "select count(*) from (select job_id, number from rounds group by job_id, number having count(*) > 1) d")
     [ "$doubled" = 0 ] || die "$doubled round number(s) recorded twice in the store"
 }
 
@@ -270,4 +278,5 @@ main() {
         "$SECONDS" "$BUILD_SECONDS" "$ROUNDS" "$JOB_SECONDS"
 }
 
-main "$@"
+# Sourced (say, to call one step alone), it only defines the steps.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
