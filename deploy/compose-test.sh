@@ -240,7 +240,12 @@ if numbers != list(range(1, want + 1)):
 for r in rounds:
     if r["status"] != "completed" or r["clients"] != silos:
         problems.append(f"round {r['round']}: {r['status']} with {r['clients']}")
-print("\n".join(problems) or f"every round 1..{want} completed once, each with {', '.join(silos)}")
+# The model learned: the silos' evaluation loss fell from the first round to the last.
+first, last = (rounds[i]["metrics"].get("loss", float("nan")) for i in (0, -1)) if rounds else (0, 0)
+if not last < first:
+    problems.append(f"evaluation loss {first} after round 1, {last} after round {want}: the model did not learn")
+print("\n".join(problems) or f"every round 1..{want} completed once, each with {', '.join(silos)}; "
+      f"evaluation loss {first:.4f} -> {last:.4f}")
 sys.exit(1 if problems else 0)
 EOF
     local doubled
