@@ -42,6 +42,7 @@ from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
 from .checks import check_finite, check_tensors, update_size_limit
 from .config import AggregatorConfig
+from .resources import peak_memory_bytes
 from .rounds import RoundBook, sample_silos
 from .strategies import Strategy, make_strategy
 
@@ -288,7 +289,8 @@ class Federation:
         def unix(deadline: float | None) -> float | None:
             return None if deadline is None else round(deadline + self._unix_offset, 1)
 
-        common = {"job": self.cfg.job, "run_id": self.run_id,
+        common = {"job": self.cfg.job, "run_id": self.run_id, "strategy": self.strategy.name,
+                  "peak_memory_bytes": peak_memory_bytes(),
                   "version": self.global_model.version if self.global_model else None}
         if self.spec.status == "finished":
             return RoundStatus(**common, phase="finished", round=self.next_round - 1)
