@@ -320,7 +320,7 @@ def test_the_job_page_follows_the_job_live(federation: Federation, browser, tmp_
     stopped = time.monotonic()
     wait_until(lambda: texts(browser, '#silos li[data-silo="silo-c"][data-online="false"]'), 5, "silo-c shown offline")
     offline_after = time.monotonic() - stopped
-    assert f.procs["silo-c"].wait(timeout=60) == 0, f.log("silo-c")[-3000:]
+    assert f.procs["silo-c"].wait(timeout=60) in (0, 130), f.log("silo-c")[-3000:]  # 130: stopped by a signal
 
     # More rounds complete; the chart grows without a reload.
     wait_until(lambda: points(browser, "accuracy") > first, 300, "the accuracy chart to grow")
