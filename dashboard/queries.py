@@ -131,7 +131,7 @@ def _is_late(reason: str | None) -> bool:
 def reason_class(reason: str | None, silo: str) -> str:
     """A rejection reason as a Prometheus label: numbers and the silo's name taken out, so that one
     kind of rejection is one time series, not one per round."""
-    text = (reason or "unknown").replace(silo, "SILO")
+    text = re.sub(rf"(?<![\w.-]){re.escape(silo)}(?![\w.-])", "SILO", reason or "unknown")  # the name as a word
     return re.sub(r"\d+(\.\d+)?", "N", text)[:120]
 
 
