@@ -2,6 +2,7 @@
 
 A custom collector reads the store and the broker watcher at each scrape, so the figures are the
 store's own (they match ``fedmq history``) and nothing is counted twice across dashboard restarts.
+The federation's job name is the label ``fedmq_job``: Prometheus keeps ``job`` for its own scrape job.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ class FederationCollector(Collector):
     def collect(self) -> Iterator[Any]:
         figures = totals(self.store)
         rounds = CounterMetricFamily("fedmq_rounds_completed", "Rounds completed (aggregated and evaluated).",
-                                     labels=["job"])
+                                     labels=["fedmq_job"])
         duration = SummaryMetricFamily("fedmq_round_duration_seconds",
-                                       "Completed rounds, from opening to the end of their evaluation.", labels=["job"])
+                                       "Completed rounds, from opening to the end of their evaluation.", labels=["fedmq_job"])
         last = GaugeMetricFamily("fedmq_last_round_duration_seconds", "The last completed round's duration.",
-                                 labels=["job"])
-        accepted = CounterMetricFamily("fedmq_updates_accepted", "Updates the aggregator counted.", labels=["job"])
+                                 labels=["fedmq_job"])
+        accepted = CounterMetricFamily("fedmq_updates_accepted", "Updates the aggregator counted.", labels=["fedmq_job"])
         rejected = CounterMetricFamily("fedmq_updates_rejected", "Updates the aggregator rejected, by reason "
-                                       "(numbers and the silo's name replaced by N and SILO).", labels=["job", "reason"])
+                                       "(numbers and the silo's name replaced by N and SILO).", labels=["fedmq_job", "reason"])
         received = CounterMetricFamily("fedmq_received_bytes", "Bytes of update payloads received, accepted or not.",
-                                       labels=["job"])
+                                       labels=["fedmq_job"])
         online = GaugeMetricFamily("fedmq_silos_online", "Silos online: from the broker's presences when watched, "
-                                   "else as the aggregator last recorded them.", labels=["job"])
+                                   "else as the aggregator last recorded them.", labels=["fedmq_job"])
         for job, t in sorted(figures.items()):
             rounds.add_metric([job], t["rounds_completed"])
             duration.add_metric([job], count_value=len(t["durations"]), sum_value=sum(t["durations"]))
@@ -57,12 +58,12 @@ class FederationCollector(Collector):
         up = GaugeMetricFamily("fedmq_broker_connected", "1 while the dashboard is connected to the broker.")
         up.add_metric([], 1.0 if self.live.connected else 0.0)
         yield up
-        current = GaugeMetricFamily("fedmq_round", "The round the aggregator is on (its RoundStatus).", labels=["job"])
-        phase = GaugeMetricFamily("fedmq_round_phase", "1 for the aggregator's current phase.", labels=["job", "phase"])
+        current = GaugeMetricFamily("fedmq_round", "The round the aggregator is on (its RoundStatus).", labels=["fedmq_job"])
+        phase = GaugeMetricFamily("fedmq_round_phase", "1 for the aggregator's current phase.", labels=["fedmq_job", "phase"])
         left = GaugeMetricFamily("fedmq_round_deadline_seconds", "Seconds until the open round stops waiting.",
-                                 labels=["job"])
+                                 labels=["fedmq_job"])
         memory = GaugeMetricFamily("fedmq_aggregator_peak_memory_bytes", "The aggregator's peak resident memory.",
-                                   labels=["job"])
+                                   labels=["fedmq_job"])
         for job in self.live.jobs():
             view = self.live.job(job)
             r = view["round"] if view else None

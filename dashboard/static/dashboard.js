@@ -115,7 +115,9 @@ function drawCurves(curves) {
       const plot = new uPlot({
         width: 420, height: 220,
         scales: {x: {time: false}},
-        axes: [{label: "round"}, {}],
+        legend: {show: false},  // the rounds table below has the exact values
+        // rounds are whole numbers: ticks at 1, 2, 5, 10, ... apart, never at 1.5
+        axes: [{label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, ticks) => ticks.map(String)}, {}],
         series: [{label: "round"}, {label: name, stroke: i === 0 ? "#2f6fdb" : "#d64545", width: 2,
                                      points: {show: true, size: 6}}],
       }, data, container);

@@ -35,7 +35,7 @@ HOST = "127.0.0.1"
 CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver"))
 SILOS = ["silo-a", "silo-b", "silo-c"]
-ROUNDS = 8  # with 200 images a silo and 2 epochs, a round takes seconds: time to watch it
+ROUNDS = 10  # with 200 images a silo and 2 epochs, a round takes seconds: time to watch it
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, every: float = 0.25) -> object:
@@ -111,7 +111,7 @@ class Federation:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory, fedmq) -> Iterator[Federation]:
-    """An 8-round job of three silos on a Mosquitto that wants passwords, and its dashboard."""
+    """A 10-round job of three silos on a Mosquitto that wants passwords, and its dashboard."""
     if mosquitto_binary() is None:
         pytest.fail("the mosquitto binary is required: apt-get install mosquitto")
     workdir = tmp_path_factory.mktemp("dashboard-job")
@@ -245,7 +245,7 @@ def scrape(f: Federation) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.labels.get("job") != f.job:
+            if sample.labels.get("fedmq_job") != f.job:
                 continue
             key = {"fedmq_rounds_completed_total": "rounds", "fedmq_updates_accepted_total": "accepted",
                    "fedmq_received_bytes_total": "bytes", "fedmq_silos_online": "online",
@@ -304,6 +304,7 @@ def test_the_job_page_follows_the_job_live(federation: Federation, browser, tmp_
     row = wait_until(lambda: [r for r in texts(browser, '#rejections tr[data-silo="silo-a"]') if reason in r], 5,
                      "the rejection and its reason on the page")
     assert reason and "silo-a" in row[0]
+    screenshot(browser, tmp_path / "job-page-running.png")  # mid-job: silos online, a round open
 
     # /metrics during the job agrees with the store (read before and after the scrape).
     before = store_counts(f.db, f.job)
@@ -327,7 +328,6 @@ def test_the_job_page_follows_the_job_live(federation: Federation, browser, tmp_
     assert browser.execute_script("return window.__notReloaded") is True, "the page was reloaded"
     assert drawn_pixels(browser, "accuracy") > 200, "the accuracy chart is not drawn"
     assert attribute(browser, ".chart", "data-metric")[0] == "accuracy", "the primary metric is not first"
-    screenshot(browser, tmp_path / "job-page-running.png")
     print(f"silo-c shown offline {offline_after:.1f} s after it stopped")
 
 

@@ -15,9 +15,9 @@ SPEC = {"status": "running", "task": "classification", "model": "cnn", "rounds":
         "codec": "shuffle+zstd", "labels": ["a", "b"], "lr": 0.05}
 
 
-def make_store(tmp_path: Path) -> Store:
+def make_store(tmp_path: Path, url: str | None = None) -> Store:
     """Two rounds of job "j": silo a counted in both; b counted in round 1, in round 2 late then rejected."""
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store = Store(url or f"sqlite:///{tmp_path / 's.db'}")
     job_id = store.create_job("j", "run1", SPEC).id
     for number, metrics in ((1, {"loss": 1.2, "accuracy": 0.4, "train_loss": 1.3, "dp_epsilon": 0.5, "dp_delta": 1e-5}),
                             (2, {"loss": 0.9, "accuracy": 0.7, "train_loss": 1.0, "dp_epsilon": 0.8, "dp_delta": 1e-5})):
@@ -58,7 +58,20 @@ def test_a_job_in_full(tmp_path: Path) -> None:
 
 
 def test_metrics_render_the_store(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+    check_metrics(make_store(tmp_path))
+
+
+def test_the_same_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    store = make_store(tmp_path, postgres_url)
+    try:
+        assert job_detail(store, "j")["participation"]["rounds"][1]["cells"] == {"a": "counted", "b": "rejected"}
+        check_metrics(store)
+        assert fingerprint(store)
+    finally:
+        store.close()
+
+
+def check_metrics(store: Store) -> None:
     t = totals(store)["j"]
     assert (t["rounds_completed"], t["accepted"], t["bytes"], t["silos_online"]) == (2, 3, 4500, 1)
     assert t["rejected"] == {"update for round N but round N is open": 1, "tensor 'w' holds NaN or infinite values": 1,
@@ -66,10 +79,10 @@ def test_metrics_render_the_store(tmp_path: Path) -> None:
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(generate_latest(registry(store, LiveView(None))).decode())
                for s in f.samples}
-    assert samples[("fedmq_rounds_completed_total", (("job", "j"),))] == 2
-    assert samples[("fedmq_updates_accepted_total", (("job", "j"),))] == 3
-    assert samples[("fedmq_round_duration_seconds_count", (("job", "j"),))] == 2
-    assert samples[("fedmq_silos_online", (("job", "j"),))] == 1  # no broker watched: the store's record
+    assert samples[("fedmq_rounds_completed_total", (("fedmq_job", "j"),))] == 2
+    assert samples[("fedmq_updates_accepted_total", (("fedmq_job", "j"),))] == 3
+    assert samples[("fedmq_round_duration_seconds_count", (("fedmq_job", "j"),))] == 2
+    assert samples[("fedmq_silos_online", (("fedmq_job", "j"),))] == 1  # no broker watched: the store's record
     assert samples[("fedmq_broker_connected", ())] == 0
 
 
