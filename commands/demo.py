@@ -105,7 +105,10 @@ def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, work
         code = _watch(procs, db, rounds, silos, TIMEOUT_S[task], dashboard)
         if code == 0 and open_dashboard and dashboard.url:
             click.echo(f"the dashboard stays on {dashboard.url} until Ctrl-C")
-            procs.children["dashboard"].wait()
+            try:
+                procs.children["dashboard"].wait()
+            except KeyboardInterrupt:
+                pass  # the way to leave: the job is done, so this is no interruption
         return code
     except subprocess.CalledProcessError as exc:
         click.secho(f"error: making the synthetic data failed:\n{exc.stderr.decode(errors='replace')}", err=True, fg="red")
