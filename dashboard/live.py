@@ -78,16 +78,18 @@ class LiveView:
         subscriptions = Topics.every_job().observer_subscriptions()
         warned = False
         while not self._stop.is_set():
-            conn = Connection(self.url, name=f"fedmq-dashboard-{uuid.uuid4().hex[:8]}", subscriptions=subscriptions,
-                              max_message_bytes=2 * MAX_HEADER_BYTES)
+            conn = None
             try:
+                conn = Connection(self.url, name=f"fedmq-dashboard-{uuid.uuid4().hex[:8]}", subscriptions=subscriptions,
+                                  max_message_bytes=2 * MAX_HEADER_BYTES)
                 conn.connect(timeout=RETRY_S)
             except FedmqError as exc:
                 if not warned:
                     log.warning("the dashboard cannot reach the broker at %s (%s); showing the store alone, "
                                 "retrying every %.0f s", self.url, exc.message, RETRY_S)
                     warned = True
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 self._stop.wait(RETRY_S)
                 continue
             log.info("watching the jobs on %s", self.url)
