@@ -325,14 +325,13 @@ def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_
 # -- dashboard -------------------------------------------------------------------------------------
 @cli.command()
 @_db_option
-@click.option("--broker", envvar="FEDMQ_BROKER", default=None,
+@click.option("--broker", cls=SharedEnvOption, shared_envvar="FEDMQ_BROKER", default=None,
               help="MQTT broker URL to watch live (or $FEDMQ_BROKER); it needs a login that may read every job's "
                    "init, status and presence topics (the aggregator's). Without it: the store alone.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; any other than 127.0.0.1, ::1 or localhost needs a token.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--token", envvar="FEDMQ_DASHBOARD_TOKEN",
-              help="Require this bearer token on every request (or $FEDMQ_DASHBOARD_TOKEN); 16+ characters.")
+@click.option("--token", help="Require this bearer token on every request (or $FEDMQ_DASHBOARD_TOKEN); 16+ characters.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Read the token from the first line of this file instead (keeps it out of the process list).")
 @_ca_file_option

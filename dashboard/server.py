@@ -18,15 +18,11 @@ from sqlalchemy.engine import make_url
 from ..broker.url import BrokerUrl
 from ..commands.history import open_existing_store
 from ..errors import ConfigError
+from ..extras import require_extra
 
 log = logging.getLogger(__name__)
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
 MIN_TOKEN_CHARS = 16
-
-
-def missing_extra_error(exc: ImportError) -> ConfigError:
-    return ConfigError(f"the dashboard needs {exc.name}, which is not installed",
-                       hint="pip install 'fedmq[dashboard]'")
 
 
 def read_token(token: str | None, token_file: Path | None) -> str | None:
@@ -65,13 +61,12 @@ def run_dashboard(db: str, broker: BrokerUrl | None, host: str = "127.0.0.1", po
                   token: str | None = None) -> None:
     """Serve the dashboard until interrupted."""
     check_bind(host, token)
-    try:
-        import uvicorn
+    for module in ("starlette", "prometheus_client"):
+        require_extra(module, "dashboard", "the dashboard")
+    uvicorn = require_extra("uvicorn", "dashboard", "the dashboard")
+    from .app import create_app
+    from .live import LiveView
 
-        from .app import create_app
-        from .live import LiveView
-    except ImportError as exc:
-        raise missing_extra_error(exc) from None
     _check_free(host, port)
     store = open_existing_store(db)
     live = LiveView(broker)

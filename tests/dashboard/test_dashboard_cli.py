@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from fedmq.store import Store
@@ -39,11 +37,3 @@ def test_a_missing_store_or_a_taken_port_is_a_clear_error(tmp_path: Path, fedmq)
         busy = fedmq.run("dashboard", "--db", store_url(tmp_path), "--port", str(port))
     assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
 
-
-def test_without_the_extra_the_error_names_the_pip_command(tmp_path: Path) -> None:
-    # uvicorn made unimportable in this one process, as on a machine without the dashboard extra
-    program = ("import sys; sys.modules['uvicorn'] = None; from fedmq.cli import main; "
-               f"sys.argv = ['fedmq', 'dashboard', '--db', {store_url(tmp_path)!r}]; main()")
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "the dashboard needs uvicorn" in result.stderr and "pip install 'fedmq[dashboard]'" in result.stderr
