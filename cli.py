@@ -322,6 +322,29 @@ def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_
     print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=json)
 
 
+# -- dashboard -------------------------------------------------------------------------------------
+@cli.command()
+@_db_option
+@click.option("--broker", cls=SharedEnvOption, shared_envvar="FEDMQ_BROKER", default=None,
+              help="MQTT broker URL to watch live (or $FEDMQ_BROKER); it needs a login that may read every job's "
+                   "init, status and presence topics (the aggregator's). Without it: the store alone.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any other than 127.0.0.1, ::1 or localhost needs a token.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", help="Require this bearer token on every request (or $FEDMQ_DASHBOARD_TOKEN); 16+ characters.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the token from the first line of this file instead (keeps it out of the process list).")
+@_ca_file_option
+def dashboard(db: str, broker: str | None, host: str, port: int, token: str | None, token_file: Path | None,
+              ca_file: Path | None) -> None:
+    """Serve a read-only web dashboard of the store's jobs, live from the broker, with Prometheus /metrics."""
+    from .broker.url import parse_broker_url
+    from .dashboard.server import read_token, run_dashboard
+
+    run_dashboard(db, parse_broker_url(broker, ca_file) if broker else None, host=host, port=port,
+                  token=read_token(token, token_file))
+
+
 # -- export ----------------------------------------------------------------------------------------
 @cli.command()
 @_db_option
@@ -434,11 +457,13 @@ def data_split_coco(annotations: Path, images: Path, silos: int, out: Path, test
 @click.option("--silos", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               help="Keep data, logs, store and checkpoints here (default: a new temporary folder).")
-def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
+@click.option("--dashboard", "open_dashboard", is_flag=True,
+              help="Open the demo's dashboard in a web browser, and keep it running after the job until Ctrl-C.")
+def demo(task: str, rounds: int, silos: int, workdir: Path | None, open_dashboard: bool) -> None:
     """Run a whole federation on this machine: a broker, an aggregator and silos on synthetic data."""
     from .commands.demo import run_demo
 
-    sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir))
+    sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir, open_dashboard=open_dashboard))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -41,6 +41,7 @@ from .model import GlobalModel
 from .modes import make_policy
 from .policy import OpenRound, RoundPolicy
 from .recording import JobRecord
+from .resources import peak_memory_bytes
 from .rounds import sample_silos
 from .silos import Change, SiloRegistry
 from .strategies import Strategy, make_strategy
@@ -247,7 +248,8 @@ class Federation:
         def unix(deadline: float | None) -> float | None:
             return None if deadline is None else round(deadline + self._unix_offset, 1)
 
-        common = {"job": self.cfg.job, "run_id": self.run_id,
+        common = {"job": self.cfg.job, "run_id": self.run_id, "strategy": self.strategy.name,
+                  "peak_memory_bytes": peak_memory_bytes(),
                   "version": self.global_model.version if self.global_model else None}
         if self.spec.status == "finished":
             return RoundStatus(**common, phase="finished", round=self.next_round - 1)

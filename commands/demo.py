@@ -7,11 +7,13 @@ as a user would start them by hand. Prints progress while it runs and the histor
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import webbrowser
 from pathlib import Path
 
 import click
@@ -67,7 +69,8 @@ class Processes:
                 p.kill()
 
 
-def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, workdir: Path | None = None) -> int:
+def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, workdir: Path | None = None,
+             open_dashboard: bool = False) -> int:
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="fedmq-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
@@ -98,7 +101,15 @@ def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, work
                 "--work-dir", str(workdir / "silos" / f"silo-{i}"),
             ))
         click.echo(f"  aggregator and {silos} silo(s) started; logs in {logs}")
-        return _watch(procs, db, rounds, silos, TIMEOUT_S[task])
+        dashboard = DemoDashboard(procs, db, broker_url, open_browser=open_dashboard)
+        code = _watch(procs, db, rounds, silos, TIMEOUT_S[task], dashboard)
+        if code == 0 and open_dashboard and dashboard.url:
+            click.echo(f"the dashboard stays on {dashboard.url} until Ctrl-C")
+            try:
+                procs.children["dashboard"].wait()
+            except KeyboardInterrupt:
+                pass  # the way to leave: the job is done, so this is no interruption
+        return code
     except subprocess.CalledProcessError as exc:
         click.secho(f"error: making the synthetic data failed:\n{exc.stderr.decode(errors='replace')}", err=True, fg="red")
         return 1
@@ -106,11 +117,36 @@ def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, work
         procs.stop_all()
 
 
-def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float) -> int:
+class DemoDashboard:
+    """``fedmq dashboard`` for the demo's store and broker, started once the aggregator made the store
+    (when the dashboard extra is installed); with ``open_browser``, opened in the user's browser."""
+
+    def __init__(self, procs: Processes, db: str, broker_url: str, open_browser: bool) -> None:
+        self.procs, self.db, self.broker_url, self.open_browser = procs, db, broker_url, open_browser
+        self.url: str | None = None
+        self.available = all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client"))
+        if not self.available:
+            click.echo("  (no dashboard: pip install 'fedmq[dashboard]' to watch the demo in a browser)")
+
+    def maybe_start(self) -> None:
+        if self.url or not self.available or not Path(self.db.removeprefix("sqlite:///")).exists():
+            return
+        port = free_port(HOST)
+        self.procs.start("dashboard", fedmq_command("dashboard", "--db", self.db, "--broker", self.broker_url,
+                                                    "--port", str(port)))
+        wait_for_port(HOST, port, process=self.procs.children["dashboard"])
+        self.url = f"http://{HOST}:{port}/jobs/default"
+        click.echo(f"  dashboard on {self.url}")
+        if self.open_browser:
+            webbrowser.open(self.url)
+
+
+def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float, dashboard: DemoDashboard) -> int:
     deadline = time.monotonic() + timeout
     shown = 0
     workers = ["aggregator"] + [f"silo-{i}" for i in range(silos)]
     while time.monotonic() < deadline:
+        dashboard.maybe_start()
         failure = procs.failed()
         if failure:
             name, code = failure
@@ -125,7 +161,8 @@ def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float) -
                 click.echo("\n" + render_rounds("default", store.history("default")))
             finally:
                 store.close()
-            click.echo(f"\ndone: see it again with `fedmq history --db {db}`")
+            click.echo(f"\ndone: see it again with `fedmq history --db {db}`"
+                       + (f" or in a browser: `fedmq dashboard --db {db}`" if dashboard.available else ""))
             return 0
         time.sleep(1.0)
     click.secho(f"error: the demo did not finish within {timeout:.0f} s; logs are in {procs.logs}", err=True, fg="red")

@@ -194,6 +194,8 @@ class RoundStatus(_RunHeader):
     While training, ``updates_in`` and ``waiting_for`` name the silos whose updates are in and
     awaited; while evaluating, the silos whose test results are. ``deadline_unix`` is when the
     round (or evaluation) stops waiting; ``version`` the global model version, None before it exists.
+    ``strategy`` (the aggregation strategy's name) and ``peak_memory_bytes`` (the aggregator's peak
+    resident memory) are for dashboards; optional, so statuses of older aggregators still parse.
     """
 
     type: Literal["status"] = "status"
@@ -203,6 +205,8 @@ class RoundStatus(_RunHeader):
     waiting_for: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] = Field(default_factory=list)
     deadline_unix: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     version: Count | None = None
+    strategy: Annotated[str, Field(max_length=64)] | None = None
+    peak_memory_bytes: Count | None = None
 
 
 Message = Annotated[

@@ -137,6 +137,7 @@ class FedmqCli:
     wait_all = staticmethod(wait_for_fedmq)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fedmq() -> FedmqCli:
+    """Stateless, so one for the session: module-scoped fixtures (a job shared by a module's tests) use it too."""
     return FedmqCli()

@@ -21,6 +21,8 @@ def _without(module: str, *args: str) -> subprocess.CompletedProcess:
     ("psycopg", "postgres", ["history", "--db", "postgresql+psycopg://u@127.0.0.1:5432/x"]),
     ("matplotlib", "plot", ["history", "--plot", "x.png"]),
     ("dp_accounting", "dp", ["aggregator", "--dp-clip", "1", "--dp-noise", "1", "--connect-timeout", "0"]),
+    ("uvicorn", "dashboard", ["dashboard", "--db", "sqlite:///fedmq.db"]),
+    ("prometheus_client", "dashboard", ["dashboard", "--db", "sqlite:///fedmq.db"]),
 ])
 def test_a_missing_extra_names_itself(module: str, extra: str, args: list[str], tmp_path: Path) -> None:
     if "--plot" in args:  # a store with a round to plot, so the command gets as far as drawing
