@@ -8,33 +8,20 @@ package registers); a fourth runs a wider model under the same task name and is 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.e2e
-
-PYPROJECT = """
-    [build-system]
-    requires = ["setuptools"]
-    build-backend = "setuptools.build_meta"
-
-    [project]
-    name = "blobs-task"
-    version = "0.1"
-
-    [project.entry-points."fedmq.tasks"]
-    blobs = "blobs_task:BlobsTask"
-
-    [tool.setuptools]
-    packages = ["blobs_task"]
-"""
 
 TASK = '''
     """Points in the plane, two classes: a task nothing like fedmq's built-in ones."""
@@ -130,17 +117,38 @@ TASK = '''
 '''
 
 
+def build_wheel(package: Path, out: Path, version: str = "0.1") -> Path:
+    """A wheel of ``package`` (a folder with __init__.py) that registers ``blobs`` in the ``fedmq.tasks``
+    entry-point group: what a user's ``python -m build`` makes, written directly so the test needs no build
+    backend (nor network) of the environment's."""
+    name = package.name
+    dist_info = f"{name}-{version}.dist-info"
+    files = {f"{name}/{p.relative_to(package).as_posix()}": p.read_bytes() for p in sorted(package.rglob("*.py"))}
+    files[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n".encode()
+    files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: fedmq-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist_info}/entry_points.txt"] = f"[fedmq.tasks]\nblobs = {name}:BlobsTask\n".encode()
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+              for path, data in files.items()]
+    files[f"{dist_info}/RECORD"] = ("\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n").encode()
+    wheel = out / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
 def install_package(tmp_path: Path) -> Path:
-    """Write the package and pip-install it into a folder of its own: the returned folder goes on PYTHONPATH."""
-    source = tmp_path / "blobs-task"
-    (source / "blobs_task").mkdir(parents=True)
-    (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (source / "blobs_task" / "__init__.py").write_text(textwrap.dedent(TASK))
+    """Write the package, and pip-install it into a folder of its own: the returned folder goes on PYTHONPATH
+    of the processes (the shared environment is not touched)."""
+    package = tmp_path / "src" / "blobs_task"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent(TASK))
+    wheel = build_wheel(package, tmp_path)
     target = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (target / "blobs_task" / "__init__.py").exists()
+    assert (target / "blobs_task" / "__init__.py").exists() and (target / "blobs_task-0.1.dist-info").is_dir()
     return target
 
 
