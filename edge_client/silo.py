@@ -181,8 +181,8 @@ class SiloClient:
             raise ConfigError(f"job {spec.job!r} requires signed updates and this silo has no signing key",
                               hint="pass --signing-key AUTH_DIR/keys/<silo>.key (made by `fedmq keys`)")
         if spec.task != self.task.name:
-            raise DataError(f"job {spec.job!r} is a {spec.task} job but this silo runs the task {self.task.name} "
-                            f"({self.task_spec})",
+            loaded = "" if self.task_spec == self.task.name else f" ({self.task_spec})"  # an import path: say which
+            raise DataError(f"job {spec.job!r} is a {spec.task} job but this silo runs the task {self.task.name}{loaded}",
                             hint="pass the job's task with --task (or a data folder of it), or join another --job")
         if self.run_state is None or self.run_state.spec.run_id != spec.run_id:
             self.run_state = RunState(spec=spec)
