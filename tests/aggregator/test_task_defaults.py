@@ -20,7 +20,8 @@ def federation(tmp_path: Path, **options: object) -> Federation:
                               out=tmp_path, **options)
     fed = Federation(config, Store(config.db))
     fed.spec = fed._new_spec()
-    fed.registry.silos = {"a": SiloState(True, "detection", ["cat"], DETECTION), "b": SiloState(True, "detection", ["dog"], DETECTION)}
+    fed.registry.silos = {"a": SiloState(True, "detection", ["cat"], DETECTION),
+                          "b": SiloState(True, "detection", ["dog"], DETECTION)}
     return fed
 
 
