@@ -118,8 +118,9 @@ class JobSpec(_RunHeader):
 
     @model_validator(mode="after")
     def _fixed_once_started(self) -> JobSpec:
-        """A started job has every option its silos train with (the task's defaults are filled in by then)."""
-        if self.status != "waiting":
+        """A running or finished job has every option its silos train with (the task's defaults are filled
+        in when it starts). An interrupted or failed one may have stopped before it started."""
+        if self.status in ("running", "finished"):
             unset = [name for name in ("model", "batch_size", "lr") if getattr(self, name) is None]
             if unset:
                 raise ValueError(f"a {self.status} job must set {', '.join(unset)}")
