@@ -273,10 +273,10 @@ def test_wrong_type_refused(name: str, field: str, value: object) -> None:
         ("job", "labels", []),
         ("job", "labels", [""]),
         ("job", "status", "paused"),
-        ("job", "task", "segmentation"),
+        ("job", "task", "my_pkg.tasks:Segmentation"),  # any plug-in's name, never an import path
         ("job", "run_id", ""),
         ("job", "run_id", "r" * 65),
-        ("presence_online", "task", "segmentation"),
+        ("presence_online", "task", "a task"),
     ],
 )
 def test_out_of_range_refused(name: str, field: str, value: object) -> None:
