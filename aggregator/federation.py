@@ -7,10 +7,11 @@ aggregated, checkpointed, and the new model sent with a test request. The silos 
 before they train on it, so the evaluation of round r overlaps the training of round r+1.
 
 ``Federation`` is the loop that ties the aggregator's parts together (see policy.py for the split):
-``AggregatorLink`` (transport), ``SiloRegistry`` (who is online), a ``RoundPolicy`` (sync rounds or
-FedBuff versions, by ``--mode``), ``JobRecord`` (the store) and the ``Strategy``. It owns what is
-the same in every mode: the job, the global model, the one admission path of updates, aggregation
-and evaluation, and the round status.
+``AggregatorLink`` (transport), ``SiloRegistry`` (who is online, and whose model was refused), a
+``RoundPolicy`` (sync rounds or FedBuff versions, by ``--mode``), ``JobRecord`` (the store) and the
+``Strategy``. It owns what is the same in every mode: the job (with the options its task's silos
+fill in when it starts, ``TaskDefaults``), the global model, the one admission path of updates, a
+silo task's failures (recorded as rejections), aggregation and evaluation, and the round status.
 
 The aggregator handles named tensors only; it never imports model code.
 """
@@ -28,8 +29,9 @@ from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
 from ..schemas import Envelope, JobSpec, Presence, Received, TestResult, Update
 from ..schemas.catalog import check_model
 from ..schemas.codec import StateDict, decode_state
+from ..schemas.fingerprint import fingerprint_of
 from ..schemas.limits import MAX_SILOS_LISTED
-from ..schemas.messages import RoundStatus
+from ..schemas.messages import RoundStatus, TaskFailure
 from ..schemas.signing import verify
 from ..stopping import EXIT_STOPPED, StopFlag
 from ..store import Store
@@ -54,12 +56,16 @@ INIT_TIMEOUT_S = 300.0
 # What of a strategy's report goes into the round's metrics (the rest is logged only).
 RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std",
                         "dp_noise_multiplier")
+# How long the initial weights wait for min_clients silos to announce the model they built, to take
+# the model most of them share; then any silo's (one that announces none, say) will do.
+FINGERPRINT_WAIT_S = 15.0
 
 
 class Federation:
     def __init__(self, config: AggregatorConfig, store: Store, connection: Connection | None = None, *,
                  policy: RoundPolicy | None = None, stop: StopFlag | None = None) -> None:
-        check_model(config.task, config.model)
+        if config.model is not None:  # None: the task's default, announced by its silos when the job starts
+            check_model(config.task, config.model)
         self.cfg = config
         self.store = store
         self.run_id = uuid.uuid4().hex
@@ -74,7 +80,7 @@ class Federation:
         if config.sign and config.keys_dir is None:
             raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
         self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key
-        self.registry = SiloRegistry(config.task, self.keys, config.keys_dir)
+        self.registry = SiloRegistry(config.task, self.run_id, self.keys, config.keys_dir)
         self.spec: JobSpec | None = None
         self.global_model: GlobalModel | None = None
         self.next_round = 1
@@ -86,6 +92,8 @@ class Federation:
         self._rejected_in_round: dict[str, str] = {}  # silo -> its last rejection's reason, for the waiting log
         self._last_status: RoundStatus | None = None
         self._status_truncated = False
+        self._init_since: float | None = None  # when the job first looked for a silo to build its initial weights
+        self.completed: tuple[int, dict[str, float]] | None = None  # the last evaluated round and its metrics
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
         self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
 
@@ -181,6 +189,8 @@ class Federation:
                 verify(header, self.keys)
             if isinstance(header, Presence):
                 self._on_presence(header)
+            elif isinstance(header, TaskFailure):
+                self._on_failure(header)
             elif isinstance(header, Update):
                 self._on_update_message(header, incoming.payload)
             elif isinstance(header, TestResult):
@@ -209,7 +219,8 @@ class Federation:
 
     def _new_spec(self) -> JobSpec:
         c = self.cfg
-        return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
+        return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, metric=c.metric,
+                       task_options=c.task_options, rounds=c.rounds,
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
                        max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
@@ -250,7 +261,9 @@ class Federation:
 
         common = {"job": self.cfg.job, "run_id": self.run_id, "strategy": self.strategy.name,
                   "peak_memory_bytes": peak_memory_bytes(),
-                  "version": self.global_model.version if self.global_model else None}
+                  "version": self.global_model.version if self.global_model else None,
+                  "completed_round": self.completed[0] if self.completed else None,
+                  "metrics": self.completed[1] if self.completed else {}}
         if self.spec.status == "finished":
             return RoundStatus(**common, phase="finished", round=self.next_round - 1)
         if self.round is not None:
@@ -276,7 +289,7 @@ class Federation:
         return names
 
     def _eligible(self) -> set[str]:
-        """Online silos whose data matches the job's task."""
+        """Online silos whose data matches the job's task, and whose model was not refused."""
         return self.registry.eligible()
 
     def _on_presence(self, presence: Presence) -> None:
@@ -284,6 +297,9 @@ class Federation:
         self.record.silo(presence.silo, presence.online)
         if change is Change.LEFT:
             self._stop_waiting_for(presence.silo)
+            return
+        if change is Change.REFUSED:
+            self._refused(presence.silo)
             return
         if change is Change.IGNORED:
             return
@@ -312,6 +328,26 @@ class Federation:
         for pending in unanswered:
             self.link.send_test_request(pending.number, pending.digest)
 
+    def _refused(self, silo: str) -> None:
+        """The registry refused ``silo`` (its model differs from the job's): record it, wait no more for it."""
+        self.record.refused(silo, self.registry.refusal(silo), in_round=self.round is not None)
+        self._stop_waiting_for(silo)
+
+    def _on_failure(self, failure: TaskFailure) -> None:
+        """A silo's task failed: record the rejection with its reason; the job goes on with the others."""
+        if failure.run_id != self.run_id:
+            return
+        reason = f"task failed in {failure.phase}: {failure.reason}"
+        log.warning("silo %s, round %d: %s; going on without it", failure.silo, failure.round, reason)
+        pending = self.evaluations.get(failure.round) if failure.phase == "evaluate" else None
+        if pending is not None:
+            pending.waiting.discard(failure.silo)
+            self.record.evaluation_failed(pending.round_id, failure.silo, reason, failure.round)
+            return
+        if self.round is not None and failure.round == self.round.number:
+            self.round.silo_left(failure.silo)  # the round closes with the others
+        self._reject(failure.silo, reason, size=0)
+
     def _stop_waiting_for(self, silo: str) -> None:
         if self.round is not None:
             self.round.silo_left(silo)
@@ -328,15 +364,31 @@ class Federation:
         if len(labels) < 2 and self.spec.task == "classification":
             raise ConfigError(f"the silos' data has {len(labels)} class(es); classification needs at least 2",
                               hint="check the silos' train/<class>/ folders")
-        if not labels:
+        if not labels and self.spec.task == "detection":
             raise ConfigError("the silos' data names no categories", hint="check the silos' annotations.json files")
         if self.spec.num_classes is not None and self.spec.num_classes < len(labels):
             raise ConfigError(f"--num-classes {self.spec.num_classes} is fewer than the {len(labels)} labels the silos hold",
                               hint="leave --num-classes out to follow the data, or raise it")
-        log.info("%d silo(s) present (%s); %d labels; starting", len(eligible), ", ".join(sorted(eligible)), len(labels))
-        self._set_status("running", labels=labels)
+        defaults = self._task_defaults(eligible)
+        log.info("%d silo(s) present (%s); %d labels; starting with model %s, batch size %d, lr %g; metric %s",
+                 len(eligible), ", ".join(sorted(eligible)), len(labels), defaults["model"], defaults["batch_size"],
+                 defaults["lr"], defaults["metric"])
+        self._set_status("running", labels=labels or None, **defaults)
+
+    def _task_defaults(self, eligible: set[str]) -> dict[str, Any]:
+        """The options this job was not given, from the defaults its task's silos announce (TaskDefaults)."""
+        announced = self.registry.defaults(eligible)
+        fixed = {key: getattr(self.spec, key) for key in ("model", "metric", "batch_size", "lr")}
+        return {key: getattr(announced, key) if value is None else value for key, value in fixed.items()}
 
     # -- the initial model --------------------------------------------------------------------------
+    def _init_candidates(self, now: float) -> list[str]:
+        """The silos that may build the initial weights (``SiloRegistry.init_candidates``): the model most
+        of them built, once ``min_clients`` announced theirs or FINGERPRINT_WAIT_S passed."""
+        if self._init_since is None:
+            self._init_since = now
+        return self.registry.init_candidates(self.spec.min_clients, wait=now - self._init_since < FINGERPRINT_WAIT_S)
+
     def _maybe_request_init(self, now: float) -> None:
         if self.cfg.init_weights is not None:
             state = load_weights_file(self.cfg.init_weights)
@@ -345,7 +397,7 @@ class Federation:
             return
         if self.init_silo is not None and now < self.init_deadline:
             return
-        candidates = sorted(self._eligible())
+        candidates = self._init_candidates(now)
         if not candidates:
             return
         self.init_silo = candidates[0]
@@ -359,6 +411,10 @@ class Federation:
         log.info("initial model %s: %d tensors, %.1f MB on the wire", source, len(state), len(self.global_model.payload) / 1e6)
 
     def _set_global(self, model: GlobalModel) -> None:
+        if self.registry.model is None:
+            # The job's model is known: the silos that announced theirs before it are compared now.
+            for silo in self.registry.set_model(fingerprint_of(model.state)):
+                self._refused(silo)
         if self.global_model is None:
             # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
             self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
@@ -485,7 +541,10 @@ class Federation:
         metrics.update(pending.extra)
         self.record.completed(pending.round_id, metrics)
         del self.evaluations[pending.number]
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        if self.completed is None or pending.number > self.completed[0]:
+            self.completed = (pending.number, metrics)
+        headline = self.spec.metric  # the job's --metric first, then the rest
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items(), key=lambda kv: (kv[0] != headline, kv[0])))
         log.info("round %d completed: %s (evaluated by %d silo(s))", pending.number, shown or "no metrics",
                  len(pending.results))
 

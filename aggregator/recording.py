@@ -27,15 +27,17 @@ class JobRecord:
         """The job's spec for this run, and the rounds it completed before (None: a new job).
 
         A new job is created with ``new_spec``. A stored one is resumed with this run's settings,
-        after checking that it is the same task and model and still has rounds to go."""
+        after checking that it is the same task and model (a run that names no ``--model`` takes the
+        stored one) and still has rounds to go. It resumes running if it had started (its task's
+        defaults fixed, so its batch size known), else it waits for its silos again."""
         job = self.store.find_job(config.job)
         if job is None:
             self.job_id = self.store.create_job(config.job, new_spec.run_id, new_spec.model_dump()).id
             return new_spec, None
         stored = JobSpec.model_validate(job.spec)
-        if (stored.task, stored.model) != (config.task, config.model):
+        if stored.task != config.task or config.model is not None and stored.model != config.model:
             raise ConfigError(
-                f"job {config.job!r} in the store is a {stored.task} job with model {stored.model}",
+                f"job {config.job!r} in the store is a {stored.task} job with model {stored.model or 'the default'}",
                 hint="use the same --task and --model to resume it, or another --job name",
             )
         last = self.store.last_completed_round(job.id)
@@ -46,7 +48,8 @@ class JobRecord:
         self.job_id = job.id
         spec = stored.model_copy(update={"run_id": new_spec.run_id, "rounds": config.rounds, "signed": config.sign,
                                          "mu": config.mu, "codec": config.codec,
-                                         "status": "running" if stored.labels else "waiting"})
+                                         "task_options": config.task_options or stored.task_options,
+                                         "status": "running" if stored.batch_size is not None else "waiting"})
         return spec, done
 
     def completed_metrics(self, job: str, through: int) -> list[dict[str, Any]]:
@@ -76,6 +79,15 @@ class JobRecord:
             self.job_id, self.round_id if in_round else None, silo, accepted=False, reason=reason,
             claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
         )
+
+    def refused(self, silo: str, reason: str, in_round: bool) -> None:
+        """A silo refused at join (its model differs from the job's), as a rejection of no update."""
+        self.rejected(silo, f"refused at join: {reason}", None, 0, in_round)
+
+    def evaluation_failed(self, round_id: int, silo: str, reason: str, claimed_round: int) -> None:
+        """A silo's task failed to evaluate round ``claimed_round`` (row ``round_id``): a rejection there."""
+        self.store.record_update(self.job_id, round_id, silo, accepted=False, reason=reason,
+                                 claimed_round=claimed_round)
 
     def aggregated(self, num_samples: int, digest: str, checkpoint: str) -> None:
         self.store.mark_aggregated(self.round_id, num_samples, digest, checkpoint)

@@ -23,7 +23,7 @@ def test_client_with_a_missing_data_folder(fedmq, tmp_path: Path) -> None:
 
 def test_client_with_an_empty_data_folder(fedmq, tmp_path: Path) -> None:
     result = fedmq.run("client", "--silo", "a", "--data", str(tmp_path))
-    _clear_error(result, "holds no silo data", "hint:")
+    _clear_error(result, "holds no built-in task's data", "--task module:Class")
 
 
 def test_client_with_an_unreachable_broker(fedmq, tmp_path: Path) -> None:

@@ -273,10 +273,10 @@ def test_wrong_type_refused(name: str, field: str, value: object) -> None:
         ("job", "labels", []),
         ("job", "labels", [""]),
         ("job", "status", "paused"),
-        ("job", "task", "segmentation"),
+        ("job", "task", "my_pkg.tasks:Segmentation"),  # any plug-in's name, never an import path
         ("job", "run_id", ""),
         ("job", "run_id", "r" * 65),
-        ("presence_online", "task", "segmentation"),
+        ("presence_online", "task", "a task"),
     ],
 )
 def test_out_of_range_refused(name: str, field: str, value: object) -> None:
@@ -479,3 +479,20 @@ def test_fuzz_mutated_valid_header(name: str, edits: list[tuple[int, int]], cut:
     for pos, byte in edits:
         data[pos % len(data)] = byte
     only_protocol_errors(bytes(data[: max(cut, len(data) // 2)]))
+
+
+@pytest.mark.parametrize("status", ["waiting", "interrupted", "failed"])
+def test_a_job_stopped_before_it_started_leaves_the_tasks_defaults_open(status: str) -> None:
+    """An aggregator stopped (or failed) while it waits for silos publishes the spec as it was: the silos
+    must read it, or they never learn that the job stopped."""
+    spec = JobSpec(job="j", run_id="r", status=status, rounds=1, min_clients=1, local_epochs=1, seed=0, codec="safetensors+zstd",
+                   chunk_size=1 << 20, max_update_bytes=1 << 20)
+    assert parse_header(dump_header(spec)) == spec and spec.model is None and spec.batch_size is None
+
+
+@pytest.mark.parametrize("status", ["running", "finished"])
+def test_a_started_job_names_every_option_its_silos_train_with(status: str) -> None:
+    with pytest.raises(ProtocolError, match="must set model, batch_size, lr"):
+        parse_header(dump_header(JobSpec.model_construct(
+            job="j", run_id="r", status=status, task="classification", rounds=1, min_clients=1, local_epochs=1,
+            momentum=0.9, seed=0, codec="safetensors+zstd", chunk_size=1 << 20, max_update_bytes=1 << 20)))
