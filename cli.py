@@ -18,7 +18,7 @@ from . import __version__
 from .commands.config_file import config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
-from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
+from .schemas.catalog import MODELS, TASKS, defaults_help
 from .schemas.codecs.names import CODECS, DEFAULT_CODEC
 from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
 
@@ -77,6 +77,12 @@ def _db_option(f: Any) -> Any:
 
 def _check_job(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     return None if value is None else check_name("job", value)
+
+
+def _check_task(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .api import check_task_name
+
+    return check_task_name(value)
 
 
 @click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -177,13 +183,22 @@ def _strategy_options(f: Any) -> Any:
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Rounds to train.")
 @click.option("--min-clients", default=1, show_default=True, type=click.IntRange(1),
               help="Silos needed to start, and updates needed to aggregate a round.")
-@click.option("--task", default="classification", show_default=True, type=click.Choice(TASKS))
-@click.option("--model", default=None, help=f"Model; default per task: {DEFAULT_MODEL}. "
-              + "; ".join(f"{t}: {', '.join(m)}" for t, m in MODELS.items()))
+@click.option("--task", default="classification", show_default=True, callback=_check_task,
+              help="The task plug-in the silos run, by its name: built in, classification or detection; "
+                   "or your own task's name (its silos load it with `fedmq client --task module:Class`).")
+@click.option("--task-option", "task_option", multiple=True, metavar="KEY=VALUE",
+              help="An option for the silos' task (repeatable), e.g. --task-option depth=3; "
+                   "or a [aggregator.task-options] table in the config file.")
+@click.option("--metric", default=None, help="The headline metric of the silos' evaluations, for logs, plots and "
+              f"status (any name the task reports); default: the task's ({defaults_help('metric')}).")
+@click.option("--model", default=None, help=f"Model; default: the task's ({defaults_help('model')}). "
+              + "; ".join(f"{t}: {', '.join(m)}" for t, m in MODELS.items()) + "; a plug-in task: its own names.")
 @click.option("--local-epochs", default=1, show_default=True, type=click.IntRange(0),
               help="Epochs each silo trains per round; 0: silos send back the weights they got.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, 100, min_open=True))
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help=f"Batch size on each silo; default: the task's ({defaults_help('batch_size')}).")
+@click.option("--lr", default=None, type=click.FloatRange(0, 100, min_open=True),
+              help=f"Learning rate on each silo; default: the task's ({defaults_help('lr')}).")
 @click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial model and the silos' shuffling.")
 @click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False),
@@ -215,21 +230,12 @@ def _strategy_options(f: Any) -> Any:
               help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
 @_ca_file_option
 @_strategy_options
-def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, batch_size: int, **options: Any) -> None:
+def aggregator(task_option: tuple[str, ...], name: str, **options: Any) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
-    from .aggregator.config import AggregatorConfig
-    from .aggregator.federation import run_aggregator
-    from .broker.url import parse_broker_url
+    from .api import run_aggregator
+    from .schemas.task_options import parse_task_options
 
-    model = check_model(task, model or DEFAULT_MODEL[task])
-    if task == "detection" and batch_size == 32:
-        batch_size = 4  # detection images are large: a classification-sized default batch would not fit
-    from .aggregator.strategies import StrategyOptions
-
-    strategy = StrategyOptions(**{name: options.pop(name) for name in STRATEGY_FIELDS})
-    config = AggregatorConfig(broker=parse_broker_url(broker, ca_file), task=task, model=model, batch_size=batch_size,
-                              strategy=strategy, **options)
-    sys.exit(run_aggregator(config))
+    sys.exit(run_aggregator(strategy=name, task_options=parse_task_options(task_option), **options))
 
 
 # -- client ----------------------------------------------------------------------------------------
@@ -239,7 +245,11 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
 @_job_option
 @click.option("--silo", required=True, help="This silo's name (letters, digits, '.', '_', '-').")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="The silo's data folder: DIR/train/<class>/* (classification) or DIR/train/annotations.json (detection).")
+              help="The silo's data folder: DIR/train/<class>/* (classification), DIR/train/annotations.json (detection), "
+                   "or whatever your --task reads.")
+@click.option("--task", default=None, help="The task plug-in: a registered name (classification, detection, or one a "
+              "package registers), module:Class, or path/to/file.py:Class; default: the built-in task the --data "
+              "folder's layout names.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
 @click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
@@ -249,16 +259,11 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
               help="Train each round on this many processes of this machine with torch DistributedDataParallel "
                    "(gloo on the CPU; NCCL with one GPU per process: cuda:N, cuda:N+1, ...). Only the first talks to the broker.")
 @_ca_file_option
-def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, silo: str, data: Path, work_dir: Path | None,
-           device: str, signing_key: Path | None, nproc_per_node: int) -> None:
+def client(**options: Any) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
-    from .broker.url import parse_broker_url
-    from .edge_client.silo import ClientConfig, SiloClient
+    from .api import run_silo
 
-    config = ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=data, job=job,
-                          work_dir=work_dir, connect_timeout=connect_timeout, device=device,
-                          signing_key=signing_key, nproc_per_node=nproc_per_node)
-    sys.exit(SiloClient(config).run())
+    sys.exit(run_silo(**options))
 
 
 # -- history ---------------------------------------------------------------------------------------

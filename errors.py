@@ -41,6 +41,10 @@ class DataError(ConfigError):
     """A silo's data folder is missing, empty, or does not match the job."""
 
 
+class TaskError(FedmqError):
+    """A task plug-in cannot be loaded as a task, or its code raised or returned something wrong."""
+
+
 class BrokerError(FedmqError):
     """The broker cannot be reached, refused us, or cannot be started."""
 

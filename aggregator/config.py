@@ -16,13 +16,15 @@ class AggregatorConfig:
     broker: BrokerUrl
     job: str = "default"
     db: str = DEFAULT_DB
-    task: str = "classification"
-    model: str = "cnn"
+    task: str = "classification"  # a task plug-in's name; the silos' tasks must announce it
+    # None: the task's default, announced by its silos and fixed when the job starts (TaskDefaults)
+    model: str | None = None
+    metric: str | None = None  # the headline metric of the silos' evaluations
     rounds: int = 3
     min_clients: int = 1
     local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
+    batch_size: int | None = None
+    lr: float | None = None
     momentum: float = 0.9
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("fedmq-out"))
@@ -43,3 +45,4 @@ class AggregatorConfig:
     stall_timeout: float = 120.0  # a partial update that gets no chunk for this long is dropped and rejected
     sign: bool = False  # require updates and results signed by the silos' registered keys
     keys_dir: Path | None = None  # folder of <silo>.pub files
+    task_options: dict[str, str | int | float | bool] = field(default_factory=dict)  # for the silos' task, unread here

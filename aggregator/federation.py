@@ -36,7 +36,8 @@ from ..schemas import (
 )
 from ..schemas.catalog import check_model
 from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex
-from ..schemas.messages import InitRequest, RoundStatus
+from ..schemas.fingerprint import fingerprint_of, first_difference
+from ..schemas.messages import InitRequest, RoundStatus, TaskDefaults, TaskFailure, TensorInfo
 from ..schemas.signing import verify
 from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
@@ -53,6 +54,9 @@ WAITING_LOG_EVERY_S = 30.0
 # What of a strategy's report goes into the round's metrics (the rest is logged only).
 RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std",
                         "dp_noise_multiplier")
+# How long the initial weights wait for min_clients silos to announce the model they built, to take
+# the model most of them share; then any silo's (one that announces none, say) will do.
+FINGERPRINT_WAIT_S = 15.0
 STATUS_TIMEOUT_S = 2.0  # the status is best effort: never hold the loop long for it
 
 
@@ -95,11 +99,15 @@ class SiloState:
     online: bool
     task: str | None = None
     labels: list[str] | None = None
+    defaults: TaskDefaults | None = None
+    fingerprint: list[TensorInfo] | None = None  # of the model it built for this run
+    refused: str | None = None  # why this run refused it (its model differs from the job's); never counted
 
 
 class Federation:
     def __init__(self, config: AggregatorConfig, store: Store, connection: Connection | None = None) -> None:
-        check_model(config.task, config.model)
+        if config.model is not None:
+            check_model(config.task, config.model)
         self.cfg = config
         self.store = store
         self.topics = Topics(config.job)
@@ -126,6 +134,9 @@ class Federation:
         self._last_wait_log = 0.0
         self._rejected_in_round: dict[str, str] = {}  # silo -> its last rejection's reason, for the waiting log
         self._last_status: RoundStatus | None = None
+        self.fingerprint: list[TensorInfo] | None = None  # the job's model, from its initial weights
+        self._init_since: float | None = None  # when the job first looked for a silo to build its initial weights
+        self.completed: tuple[int, dict[str, float]] | None = None  # the last evaluated round and its metrics
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
         if config.sign and config.keys_dir is None:
             raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
@@ -203,6 +214,8 @@ class Federation:
                 verify(header, self.keys)
             if isinstance(header, Presence):
                 self._on_presence(header)
+            elif isinstance(header, TaskFailure):
+                self._on_failure(header)
             elif isinstance(header, Update):
                 self._on_update_message(header, incoming.payload)
             elif isinstance(header, TestResult):
@@ -223,9 +236,9 @@ class Federation:
             self.job_id = self.store.create_job(self.cfg.job, self.run_id, self.spec.model_dump()).id
             return
         stored = JobSpec.model_validate(job.spec)
-        if (stored.task, stored.model) != (self.cfg.task, self.cfg.model):
+        if stored.task != self.cfg.task or self.cfg.model is not None and stored.model != self.cfg.model:
             raise ConfigError(
-                f"job {self.cfg.job!r} in the store is a {stored.task} job with model {stored.model}",
+                f"job {self.cfg.job!r} in the store is a {stored.task} job with model {stored.model or 'the default'}",
                 hint="use the same --task and --model to resume it, or another --job name",
             )
         last = self.store.last_completed_round(job.id)
@@ -236,7 +249,8 @@ class Federation:
         self.job_id = job.id
         self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds, "signed": self.cfg.sign,
                                               "mu": self.cfg.mu, "codec": self.cfg.codec,
-                                              "status": "running" if stored.labels else "waiting"})
+                                              "task_options": self.cfg.task_options or stored.task_options,
+                                              "status": "running" if stored.batch_size is not None else "waiting"})
         path = checkpoint_path(self.cfg.out, self.cfg.job, done)
         if path.exists():
             self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
@@ -249,7 +263,8 @@ class Federation:
 
     def _new_spec(self) -> JobSpec:
         c = self.cfg
-        return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, rounds=c.rounds,
+        return JobSpec(job=c.job, run_id=self.run_id, task=c.task, model=c.model, metric=c.metric,
+                       task_options=c.task_options, rounds=c.rounds,
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
                        max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
@@ -289,7 +304,9 @@ class Federation:
             return None if deadline is None else round(deadline + self._unix_offset, 1)
 
         common = {"job": self.cfg.job, "run_id": self.run_id,
-                  "version": self.global_model.version if self.global_model else None}
+                  "version": self.global_model.version if self.global_model else None,
+                  "completed_round": self.completed[0] if self.completed else None,
+                  "metrics": self.completed[1] if self.completed else {}}
         if self.spec.status == "finished":
             return RoundStatus(**common, phase="finished", round=self.next_round - 1)
         if self.round is not None:
@@ -305,12 +322,18 @@ class Federation:
     def _eligible(self) -> set[str]:
         """Online silos whose data matches the job's task."""
         return {name for name, s in self.silos.items()
-                if s.online and s.task == self.spec.task and (self.keys is None or name in self.keys)}
+                if s.online and s.task == self.spec.task and (self.keys is None or name in self.keys) and not s.refused}
 
     def _on_presence(self, presence: Presence) -> None:
         before = self.silos.get(presence.silo)
-        self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels)
+        fingerprint = presence.fingerprint if presence.run_id == self.run_id else None  # another run's model: unknown
+        if before is not None and fingerprint is None and presence.online and before.online:
+            fingerprint = before.fingerprint  # a re-announcement without it (a reconnect) keeps what we know
+        self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels, presence.defaults,
+                                              fingerprint, refused=before.refused if before else None)
         self.store.set_silo(self.job_id, presence.silo, presence.online)
+        if presence.online and self._check_fingerprint(presence.silo):
+            return
         if not presence.online:
             if before and before.online:
                 log.info("silo %s went offline", presence.silo)
@@ -366,15 +389,76 @@ class Federation:
         if len(labels) < 2 and self.spec.task == "classification":
             raise ConfigError(f"the silos' data has {len(labels)} class(es); classification needs at least 2",
                               hint="check the silos' train/<class>/ folders")
-        if not labels:
+        if not labels and self.spec.task == "detection":
             raise ConfigError("the silos' data names no categories", hint="check the silos' annotations.json files")
         if self.spec.num_classes is not None and self.spec.num_classes < len(labels):
             raise ConfigError(f"--num-classes {self.spec.num_classes} is fewer than the {len(labels)} labels the silos hold",
                               hint="leave --num-classes out to follow the data, or raise it")
-        log.info("%d silo(s) present (%s); %d labels; starting", len(eligible), ", ".join(sorted(eligible)), len(labels))
-        self._set_status("running", labels=labels)
+        defaults = self._task_defaults(eligible)
+        log.info("%d silo(s) present (%s); %d labels; starting with model %s, batch size %d, lr %g; metric %s",
+                 len(eligible), ", ".join(sorted(eligible)), len(labels), defaults["model"], defaults["batch_size"],
+                 defaults["lr"], defaults["metric"])
+        self._set_status("running", labels=labels or None, **defaults)
+
+    def _task_defaults(self, eligible: set[str]) -> dict[str, Any]:
+        """The options this job was not given, from the defaults its task's silos announce (TaskDefaults)."""
+        announced = next((self.silos[s].defaults for s in sorted(eligible) if self.silos[s].defaults), TaskDefaults())
+        fixed = {key: getattr(self.spec, key) for key in ("model", "metric", "batch_size", "lr")}
+        return {key: getattr(announced, key) if value is None else value for key, value in fixed.items()}
+
+    # -- the model's fingerprint ------------------------------------------------------------------
+    def _check_fingerprint(self, silo: str) -> bool:
+        """Refuse ``silo`` (once) if the model it built differs from the job's. True if it is refused."""
+        state = self.silos[silo]
+        if state.refused:
+            return True
+        if self.fingerprint is None or state.fingerprint is None:
+            return False
+        difference = first_difference(self.fingerprint, state.fingerprint)
+        if difference is None:
+            return False
+        state.refused = f"its model differs from the job's: {difference}"
+        log.warning("refused silo %s at join: %s; it is not counted (run the job's task and options on it)",
+                    silo, state.refused)
+        self.store.record_update(self.job_id, self.round_id if self.round else None, silo, accepted=False,
+                                 reason=f"refused at join: {state.refused}")
+        self._stop_waiting_for(silo)
+        return True
+
+    def _on_failure(self, failure: TaskFailure) -> None:
+        """A silo's task failed: record the rejection with its reason; the job goes on with the others."""
+        if failure.run_id != self.run_id:
+            return
+        reason = f"task failed in {failure.phase}: {failure.reason}"
+        log.warning("silo %s, round %d: %s; going on without it", failure.silo, failure.round, reason)
+        pending = self.evaluations.get(failure.round) if failure.phase == "evaluate" else None
+        if pending is not None:
+            pending.waiting.discard(failure.silo)
+            self.store.record_update(self.job_id, pending.round_id, failure.silo, accepted=False, reason=reason,
+                                     claimed_round=failure.round)
+            return
+        if self.round is not None:
+            self.round.silo_left(failure.silo)
+        self._reject(failure.silo, reason, size=0)
 
     # -- the initial model --------------------------------------------------------------------------
+    def _init_candidates(self, now: float) -> list[str]:
+        """The silos that may build the initial weights: once ``min_clients`` of them have announced the model
+        they built (or FINGERPRINT_WAIT_S passed), those whose fingerprint most of them share: a lone odd
+        model does not become the job's."""
+        if self._init_since is None:
+            self._init_since = now
+        eligible = self._eligible()
+        built = sorted(s for s in eligible if self.silos[s].fingerprint is not None)
+        if len(built) < min(self.spec.min_clients, len(eligible)):
+            if now - self._init_since < FINGERPRINT_WAIT_S:
+                return []
+            if not built:
+                return sorted(eligible)
+        key = {s: tuple((t.name, tuple(t.shape), t.dtype) for t in self.silos[s].fingerprint) for s in built}
+        counts = {k: sum(1 for v in key.values() if v == k) for k in key.values()}
+        return [s for s in built if counts[key[s]] == max(counts.values())]
+
     def _maybe_request_init(self, now: float) -> None:
         if self.cfg.init_weights is not None:
             state = load_weights_file(self.cfg.init_weights)
@@ -383,7 +467,7 @@ class Federation:
             return
         if self.init_silo is not None and now < self.init_deadline:
             return
-        candidates = sorted(self._eligible())
+        candidates = self._init_candidates(now)
         if not candidates:
             return
         self.init_silo = candidates[0]
@@ -397,6 +481,11 @@ class Federation:
         log.info("initial model %s: %d tensors, %.1f MB on the wire", source, len(state), len(self.global_model.payload) / 1e6)
 
     def _set_global(self, model: GlobalModel) -> None:
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint_of(model.state)
+            for silo in sorted(self.silos):  # the silos that announced their model before the job's was known
+                if self.silos[silo].online:
+                    self._check_fingerprint(silo)
         if self.global_model is None:
             # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
             self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
@@ -551,7 +640,10 @@ class Federation:
         metrics.update(pending.extra)
         self.store.complete_round(pending.round_id, metrics)
         del self.evaluations[pending.number]
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        if self.completed is None or pending.number > self.completed[0]:
+            self.completed = (pending.number, metrics)
+        headline = self.spec.metric  # the job's --metric first, then the rest
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items(), key=lambda kv: (kv[0] != headline, kv[0])))
         log.info("round %d completed: %s (evaluated by %d silo(s))", pending.number, shown or "no metrics",
                  len(pending.results))
 

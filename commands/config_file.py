@@ -43,6 +43,9 @@ CONFIG_ENV = "FEDMQ_CONFIG"
 EXTRA_ENVVARS: dict[str, str] = {}
 _NOT_SETTINGS = {"help", "version", "config"}  # options that are actions, not settings
 _TOP = "the top level"
+# Sub-tables that hold key = value pairs for a repeatable KEY=VALUE option of their command:
+# [aggregator.task-options] depth = 3 is --task-option depth=3 (values typed as on the command line).
+KEY_VALUE_TABLES = {"task-options": "task-option"}
 
 CommandPath = tuple[str, ...]
 
@@ -219,6 +222,10 @@ class _Loader:
             name = key.replace("_", "-")
             if isinstance(value, dict) and key in subcommands:
                 result[key] = self.command_map((*path, key), subcommands[key], value)
+            elif isinstance(value, dict) and KEY_VALUE_TABLES.get(name) in options:
+                pairs = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in value.items()]
+                result[options[KEY_VALUE_TABLES[name]].name] = self.value(options[KEY_VALUE_TABLES[name]], pairs, key,
+                                                                          where)
             elif name in options and not isinstance(value, dict):
                 result[options[name].name] = self.value(options[name], value, key, where)
             elif isinstance(value, dict):

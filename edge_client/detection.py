@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ..schemas import JobSpec
+from ..schemas.catalog import BUILTIN_DEFAULTS
 from .coco_metrics import coco_bbox_metrics, predictions_to_detections
 from .data.coco import CocoDetectionDataset, collate_detection, detection_labels
-from .fedprox import proximal
+from .device import model_device
 from .models import build_model
-from .task import StepLogger, TrainResult, model_device
+from .task import EvalResult, Task, TaskContext, TaskDefaults, TrainResult
 
 EVAL_BATCH = 4
 WEIGHT_DECAY = 1e-4
 
 
-class DetectionTask:
+class DetectionTask(Task):
+    """COCO-format silo folders (DIR/train/annotations.json), torchvision Faster R-CNN, COCO mAP."""
+
     name = "detection"
+    defaults = TaskDefaults(**BUILTIN_DEFAULTS["detection"])  # batch 4: detection images are large
 
     def __init__(self, data: Path) -> None:
-        self.data = data
+        super().__init__(data)
         self.labels = detection_labels(data)
         if not self.labels:
             raise DataError(f"{data} names no categories in its annotations.json files",
@@ -34,31 +35,31 @@ class DetectionTask:
         self.train_set: CocoDetectionDataset | None = None
         self.test_set: CocoDetectionDataset | None = None
 
-    def prepare(self, spec: JobSpec) -> None:
-        self.train_set = CocoDetectionDataset(self.data / "train", spec.labels)
+    def setup(self, ctx: TaskContext) -> None:
+        labels = list(ctx.labels)
+        self.train_set = CocoDetectionDataset(self.data / "train", labels)
         test_dir = self.data / "test"
-        self.test_set = CocoDetectionDataset(test_dir, spec.labels) if (test_dir / "annotations.json").exists() else None
+        self.test_set = CocoDetectionDataset(test_dir, labels) if (test_dir / "annotations.json").exists() else None
         if len(self.train_set) == 0:
             raise DataError(f"{self.data}/train/annotations.json lists no images", hint="add training images")
-        self._shuffle = torch.Generator().manual_seed(spec.seed)
+        self._shuffle = torch.Generator().manual_seed(ctx.seed)
 
-    def build_model(self, spec: JobSpec) -> nn.Module:
-        return build_model(spec.task, spec.model, spec.output_classes, spec.seed)
+    def build_model(self, ctx: TaskContext) -> nn.Module:
+        return build_model(self.name, ctx.model, ctx.num_classes, ctx.seed)
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger, sampler: Sampler | None = None) -> TrainResult:
-        started = time.perf_counter()
+    def train(self, model: nn.Module, ctx: TaskContext) -> TrainResult:
         n = len(self.train_set)
-        if spec.local_epochs == 0:
-            return TrainResult(num_samples=n, loss=None, seconds=0.0)
-        loader = DataLoader(self.train_set, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
+        if ctx.local_epochs == 0:
+            return TrainResult(num_samples=n, loss=None)
+        loader = DataLoader(self.train_set, batch_size=ctx.batch_size, shuffle=ctx.sampler is None, sampler=ctx.sampler,
                             generator=self._shuffle, collate_fn=collate_detection)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimiser = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=WEIGHT_DECAY)
-        prox = proximal(model, spec.mu)  # FedProx; 0 for every other strategy
+        optimiser = torch.optim.SGD(params, lr=ctx.lr, momentum=ctx.momentum, weight_decay=WEIGHT_DECAY)
+        prox = ctx.proximal(model)  # FedProx; 0 for every other strategy
         model.train()
         device = model_device(model)
         total, steps = 0.0, 0
-        for epoch in range(1, spec.local_epochs + 1):
+        for epoch in range(1, ctx.local_epochs + 1):
             for step, (images, targets) in enumerate(loader, start=1):
                 images, targets = _to(device, images, targets)
                 parts = model(images, targets)
@@ -71,14 +72,13 @@ class DetectionTask:
                 optimiser.step()
                 total += loss.item()
                 steps += 1
-                log_step(epoch, step, {"total_loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
-        return TrainResult(num_samples=n, loss=total / max(steps, 1), seconds=time.perf_counter() - started)
+                ctx.log_step(epoch, step, {"total_loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        return TrainResult(num_samples=n, loss=total / max(steps, 1))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, float]]:
-        """``progress``, when given, is told the images each batch covered."""
+    def evaluate(self, model: nn.Module, ctx: TaskContext) -> EvalResult:
         if not self.test_set:
-            return 0, {}
+            return EvalResult(0, {})
         model.eval()
         device = model_device(model)
         detections: list[dict] = []
@@ -86,10 +86,9 @@ class DetectionTask:
             images, targets = _to(device, images, targets)
             for target, output in zip(targets, model(images)):
                 detections.extend(predictions_to_detections(int(target["image_id"]), output))
-            if progress is not None:
-                progress(len(images))
+            ctx.eval_progress(len(images))
         metrics = coco_bbox_metrics(self.test_set.coco_ground_truth(), detections)
-        return len(self.test_set), metrics
+        return EvalResult(len(self.test_set), metrics)
 
 
 def _to(device: torch.device, images: tuple, targets: tuple) -> tuple[list[torch.Tensor], list[dict]]:

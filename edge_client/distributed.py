@@ -9,7 +9,7 @@ update, the silo's whole sample count.
 
 Each round:
 
-* **command**: rank 0 writes the job spec as one JSON line on every worker's stdin. End of file
+* **command**: rank 0 writes the round and the job spec as one JSON line on every worker's stdin. End of file
   means rank 0 is gone or done: the worker leaves. A watchdog thread also ends a worker whose
   parent died, and a worker ignores Ctrl-C (rank 0 takes it and stops the workers itself).
 * **weights**: rank 0 wraps the global model it loaded in DDP, and DDP's constructor broadcasts
@@ -27,7 +27,9 @@ Evaluation runs on rank 0 alone, on the plain model, with no collective.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import logging
 import os
 import signal
@@ -47,7 +49,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import ConfigError, FedmqError
 from ..schemas import JobSpec
-from .task import StepLogger, Task, TrainResult, open_task
+from .config import ClientConfig
+from .context import call_task, make_context
+from .task import Task, TaskContext, TrainResult, check_train_result
+from .task_loader import open_task
 
 log = logging.getLogger("fedmq.client.ddp")
 
@@ -68,15 +73,31 @@ class LocalTrainer:
     def start(self) -> None:
         pass
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
-        return self.task.train(model, spec, log_step)
+    def train(self, model: nn.Module, spec: JobSpec, ctx: TaskContext) -> TrainResult:
+        """The task's ``train``; whatever it raises or returns wrong is a ``TaskError``."""
+        return check_train_result(self.task.name, call_task(self.task, "train", self.task.train, model, ctx))
 
     def close(self) -> None:
         pass
 
 
-def make_trainer(task: Task, data: Path, nproc: int, device: torch.device) -> LocalTrainer | DistributedTrainer:
-    return DistributedTrainer(task, data, nproc, device) if nproc > 1 else LocalTrainer(task)
+def make_trainer(task: Task, task_spec: str, config: ClientConfig, work_dir: Path,
+                 device: torch.device) -> LocalTrainer | DistributedTrainer:
+    """``task_spec`` names the task as the silo loaded it, so the workers load the same."""
+    if config.nproc_per_node <= 1:
+        return LocalTrainer(task)
+    return DistributedTrainer(task, WorkerArgs(task_spec, config.data, config.silo, work_dir), config.nproc_per_node,
+                              device)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerArgs:
+    """What a worker needs to open the silo's task as rank 0 did."""
+
+    task: str
+    data: Path
+    silo: str
+    work_dir: Path
 
 
 class ShardSampler(DistributedSampler):
@@ -100,20 +121,21 @@ class RankTrainer:
         self.device = device
         self._sampler: tuple[str, ShardSampler] | None = None  # (run id, sampler): a new run starts afresh
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
+    def train(self, model: nn.Module, spec: JobSpec, ctx: TaskContext) -> TrainResult:
         """Train ``model`` (rank 0's weights reach every rank as DDP wraps it) on this rank's shard."""
         ddp = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        rank_ctx = dataclasses.replace(ctx, batch_size=rank_batch(ctx.batch_size, self.world), sampler=self._shard(spec))
         try:
-            result = self.task.train(ddp, rank_spec(spec, self.world), log_step, sampler=self._shard(spec))
+            result = check_train_result(self.task.name, call_task(self.task, "train", self.task.train, ddp, rank_ctx))
         finally:
             del ddp  # its reducer's autograd hooks go with it: evaluation and the next round see a plain model
             gc.collect()
-        return TrainResult(num_samples=len(self.task.train_set), loss=self._mean_over_ranks(result.loss),
-                           seconds=result.seconds)
+        return TrainResult(num_samples=result.num_samples, loss=self._mean_over_ranks(result.loss))
 
     def _shard(self, spec: JobSpec) -> ShardSampler:
         if self._sampler is None or self._sampler[0] != spec.run_id:
-            sampler = ShardSampler(self.task.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+            # DistributedSampler needs only the data set's length
+            sampler = ShardSampler(range(self.task.train_size()), num_replicas=self.world, rank=self.rank, shuffle=True,
                                    seed=spec.seed)
             self._sampler = (spec.run_id, sampler)
         return self._sampler[1]
@@ -126,9 +148,9 @@ class RankTrainer:
         return total.item() / self.world
 
 
-def rank_spec(spec: JobSpec, world: int) -> JobSpec:
+def rank_batch(batch_size: int, world: int) -> int:
     """The job's batch is the silo's batch: each of ``world`` ranks takes its share, rounded up."""
-    return spec.model_copy(update={"batch_size": -(-spec.batch_size // world)})
+    return -(-batch_size // world)
 
 
 def rank_device(base: torch.device, rank: int) -> torch.device:
@@ -153,10 +175,10 @@ def check_devices(base: torch.device, nproc: int) -> None:
 class DistributedTrainer:
     """Rank 0's side: starts the workers, tells them each round's spec, trains its own shard."""
 
-    def __init__(self, task: Task, data: Path, nproc: int, device: torch.device) -> None:
+    def __init__(self, task: Task, worker_args: WorkerArgs, nproc: int, device: torch.device) -> None:
         check_devices(device, nproc)
         self.task = task
-        self.data = data
+        self.worker_args = worker_args
         self.world = nproc
         self.device = rank_device(device, 0)
         self.rank = RankTrainer(task, 0, nproc, self.device)
@@ -172,16 +194,18 @@ class DistributedTrainer:
         self._store = dist.TCPStore(HOST, 0, self.world, is_master=True, wait_for_workers=False,
                                     timeout=COLLECTIVE_TIMEOUT)
         for rank in range(1, self.world):
+            w = self.worker_args
             command = [sys.executable, "-m", f"{__package__}.distributed", "--rank", str(rank),
-                       "--world", str(self.world), "--port", str(self._store.port), "--data", str(self.data),
+                       "--world", str(self.world), "--port", str(self._store.port), "--data", str(w.data),
+                       "--task", w.task, "--silo", w.silo, "--work-dir", str(w.work_dir),
                        "--device", str(self.device), "--parent", str(os.getpid())]
             worker = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, text=True)
             self.workers.append(worker)
             log.info("started training worker rank %d of %d (pid %d)", rank, self.world, worker.pid)
 
-    def train(self, model: nn.Module, spec: JobSpec, log_step: StepLogger) -> TrainResult:
+    def train(self, model: nn.Module, spec: JobSpec, ctx: TaskContext) -> TrainResult:
         self._check_workers()
-        line = spec.model_dump_json() + "\n"
+        line = json.dumps({"round": ctx.round, "spec": spec.model_dump(mode="json")}) + "\n"
         for worker in self.workers:
             try:
                 worker.stdin.write(line)
@@ -191,7 +215,7 @@ class DistributedTrainer:
                 raise
         try:
             self._join()
-            return self.rank.train(model, spec, log_step)
+            return self.rank.train(model, spec, ctx)
         except RuntimeError as exc:  # a collective failed: say which worker died, when one did
             time.sleep(0.5)
             self._check_workers()
@@ -243,36 +267,39 @@ def _thread_env(device: torch.device, world: int) -> dict[str, str]:
 class Worker:
     """A worker's state: its task, and the model of the run it trains for."""
 
-    def __init__(self, data: Path, rank: int, world: int, device: torch.device) -> None:
-        self.task = open_task(data)
+    def __init__(self, args: WorkerArgs, rank: int, world: int, device: torch.device) -> None:
+        self.args = args
+        self.task = open_task(args.data, args.task)
         self.rank = RankTrainer(self.task, rank, world, device)
         self.device = device
         self.run: tuple[str, nn.Module] | None = None
 
+    def context(self, spec: JobSpec, round_number: int) -> TaskContext:
+        return make_context(spec, silo=self.args.silo, data=self.args.data, work_dir=self.args.work_dir,
+                            device=self.device, round_number=round_number)
+
     def model_for(self, spec: JobSpec) -> nn.Module:
         """The run's model, built as rank 0 built it; its weights come from rank 0 each round."""
         if self.run is None or self.run[0] != spec.run_id:
-            self.task.prepare(spec)
-            self.run = (spec.run_id, self.task.build_model(spec).to(self.device))
+            ctx = self.context(spec, 0)
+            call_task(self.task, "setup", self.task.setup, ctx)
+            self.run = (spec.run_id, call_task(self.task, "build_model", self.task.build_model, ctx).to(self.device))
         return self.run[1]
 
     def serve(self, port: int) -> None:
         """Train a round per line on stdin; return at its end."""
         store: dist.TCPStore | None = None
         for line in iter(sys.stdin.readline, ""):
-            spec = JobSpec.model_validate_json(line)
+            command = json.loads(line)
+            spec = JobSpec.model_validate(command["spec"])
             model = self.model_for(spec)
             if store is None:
                 store = dist.TCPStore(HOST, port, self.rank.world, is_master=False, timeout=COLLECTIVE_TIMEOUT)
                 dist.init_process_group(backend_for(self.device), store=store, rank=self.rank.rank,
                                         world_size=self.rank.world, timeout=COLLECTIVE_TIMEOUT)
-            self.rank.train(model, spec, _ignore_step)
+            self.rank.train(model, spec, self.context(spec, command["round"]))  # rank 0 alone logs the steps
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _ignore_step(epoch: int, step: int, losses: dict[str, float]) -> None:
-    """Rank 0 alone writes the loss log and shows progress."""
 
 
 def exit_with_parent(parent: int) -> None:
@@ -291,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--silo", required=True)
+    parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
@@ -301,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        Worker(args.data, args.rank, args.world, device).serve(args.port)
+        Worker(WorkerArgs(args.task, args.data, args.silo, args.work_dir), args.rank, args.world, device).serve(args.port)
     except FedmqError as exc:
         log.error("%s", exc)
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..broker.connection import Connection, Refused
-from ..broker.url import BrokerUrl
-from ..errors import BrokerError, ConfigError, DataError, ProtocolError
+from ..errors import BrokerError, ConfigError, DataError, FedmqError, ProtocolError, TaskError
 from ..schemas import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
     Envelope,
     JobSpec,
     ModelSync,
@@ -32,27 +31,20 @@ from ..schemas import (
     Update,
 )
 from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
-from ..schemas.messages import InitRequest
+from ..schemas.fingerprint import fingerprint_of
+from ..schemas.messages import InitRequest, TaskFailure
 from ..schemas.signing import Signed, sign
+from .config import ClientConfig
+from .context import call_task, make_context
+from .device import pick_device
 from .distributed import make_trainer
 from .progress import Progress
-from .task import Task, open_task, pick_device
+from .task import Task, TaskContext, check_eval_result
+from .task_loader import open_task, task_for_folder
 
 log = logging.getLogger("fedmq.client")
 
-
-@dataclass(frozen=True)
-class ClientConfig:
-    broker: BrokerUrl
-    silo: str
-    data: Path
-    job: str = "default"
-    work_dir: Path | None = None
-    max_model_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    connect_timeout: float = 30.0
-    device: str = "auto"
-    signing_key: Path | None = None  # this silo's Ed25519 private key (PEM), for jobs that require signatures
-    nproc_per_node: int = 1  # > 1: train each round with DDP on this many local processes (distributed.py)
+__all__ = ["ClientConfig", "SiloClient"]
 
 
 @dataclass
@@ -76,11 +68,12 @@ class SiloClient:
     def __init__(self, config: ClientConfig, connection: Connection | None = None) -> None:
         self.cfg = config
         self.topics = Topics(config.job)
-        self.task: Task = open_task(config.data)
+        self.task_spec = config.task or task_for_folder(config.data)  # what --task names, or the folder's layout
+        self.task: Task = open_task(config.data, self.task_spec)
         self.device = pick_device(config.device)
-        self.trainer = make_trainer(self.task, config.data, config.nproc_per_node, self.device)
         self.work_dir = config.work_dir or Path(".fedmq") / config.job / config.silo
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.trainer = make_trainer(self.task, self.task_spec, config, self.work_dir, self.device)
         self.loss_log = self.work_dir / "loss.log"
         offline = Presence(job=config.job, silo=config.silo, online=False)
         self.conn = connection or Connection(
@@ -97,8 +90,8 @@ class SiloClient:
         self.conn.connect(self.cfg.connect_timeout)
         presence = self.topics.presence(self.cfg.silo)
         self._announce()
-        log.info("silo %s online on %s: %s data, %d label(s); waiting for job %r", self.cfg.silo, self.cfg.broker,
-                 self.task.name, len(self.task.labels), self.cfg.job)
+        log.info("silo %s online on %s: task %s (%s), %d label(s); waiting for job %r", self.cfg.silo, self.cfg.broker,
+                 self.task.name, self.task_spec, len(self.task.labels or ()), self.cfg.job)
         try:
             self.trainer.start()
             while True:
@@ -128,8 +121,12 @@ class SiloClient:
         """Say this silo is online, retained: an aggregator that starts later learns it from the broker,
         except on RabbitMQ, which sends no retained message to its wildcard subscription; hence
         _on_job says it again to every new run."""
+        state = self.run_state
+        built = state is not None and state.model is not None
         self.conn.set_retained(self.topics.presence(self.cfg.silo), Presence(
-            job=self.cfg.job, silo=self.cfg.silo, online=True, task=self.task.name, labels=self.task.labels))
+            job=self.cfg.job, silo=self.cfg.silo, online=True, task=self.task.name, labels=self.task.labels or None,
+            defaults=self.task.defaults, run_id=state.spec.run_id if built else None,
+            fingerprint=fingerprint_of(state.model.state_dict()) if built else None))
 
     def _handle(self, envelope: Envelope) -> int | None:
         """Handle one message; an exit code once the job this silo took part in has ended."""
@@ -172,8 +169,9 @@ class SiloClient:
             raise ConfigError(f"job {spec.job!r} requires signed updates and this silo has no signing key",
                               hint="pass --signing-key AUTH_DIR/keys/<silo>.key (made by `fedmq keys`)")
         if spec.task != self.task.name:
-            raise DataError(f"job {spec.job!r} is a {spec.task} job but {self.cfg.data} holds {self.task.name} data",
-                            hint="point --data at a folder of the job's task, or join another --job")
+            raise DataError(f"job {spec.job!r} is a {spec.task} job but this silo runs the task {self.task.name} "
+                            f"({self.task_spec})",
+                            hint="pass the job's task with --task (or a data folder of it), or join another --job")
         if self.run_state is None or self.run_state.spec.run_id != spec.run_id:
             self.run_state = RunState(spec=spec)
             log.info("job %r: %s, model %s, %d round(s)", spec.job, spec.task, spec.model, spec.rounds)
@@ -181,22 +179,53 @@ class SiloClient:
                 self._announce()  # a new run's aggregator may have missed the retained presence (RabbitMQ: wildcards)
         self.run_state.spec = spec
         if spec.status == "running" and self.run_state.model is None:
-            unknown = sorted(set(self.task.labels) - set(spec.labels))
+            unknown = sorted(set(self.task.labels or ()) - set(spec.labels or ()))
             if unknown:
                 raise DataError(f"this silo's data has labels the job does not know: {', '.join(unknown[:10])}",
                                 hint="the job's labels were fixed by the silos present at its start; "
                                      "remove those classes or start a new job")
-            self.task.prepare(spec)
-            self.run_state.model = self.task.build_model(spec).to(self.device)
+            self._build(self.run_state)
+            if self.conn.connected:
+                self._announce()  # now with the model's fingerprint, which the aggregator checks
         self.joined.add(spec.run_id)
         return None
+
+    def _context(self, spec: JobSpec, round_number: int, **calls: object) -> TaskContext:
+        return make_context(spec, silo=self.cfg.silo, data=self.cfg.data, work_dir=self.work_dir, device=self.device,
+                            round_number=round_number, **calls)
+
+    def _build(self, state: RunState) -> None:
+        """Set the task up for this run and build its model; a failure is reported, then ends the silo."""
+        ctx = self._context(state.spec, 0)
+        try:
+            call_task(self.task, "setup", self.task.setup, ctx)
+            model = call_task(self.task, "build_model", self.task.build_model, ctx)
+            if not hasattr(model, "state_dict") or not callable(getattr(model, "to", None)):
+                raise TaskError(f"task {self.task.name} build_model returned {type(model).__name__}, not a torch model",
+                                hint="return an nn.Module")
+            state.model = model.to(self.device)
+        except TaskError as exc:
+            self._report_failure(state, 0, "setup", exc)
+            cause = exc.__cause__
+            raise cause if isinstance(cause, FedmqError) else exc from None
+
+    def _report_failure(self, state: RunState, round_number: int, phase: str, exc: FedmqError) -> None:
+        """Tell the aggregator the task failed, in one line; it records the rejection and goes on without us."""
+        log.error("round %d: %s failed: %s%s", round_number, phase, exc.message, f" ({exc.hint})" if exc.hint else "")
+        failure = TaskFailure(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
+                              phase=phase, reason=exc.message[:1000])
+        topic = self.topics.result(self.cfg.silo) if phase == "evaluate" else self.topics.update(self.cfg.silo)
+        try:
+            self.conn.publish(topic, failure)
+        except BrokerError as error:
+            log.warning("could not report the failure to the aggregator: %s", error)
 
     # -- model, training, testing -----------------------------------------------------------------
     def _send_initial(self, state: RunState) -> None:
         log.info("building the initial %s weights (seed %d)", state.spec.model, state.spec.seed)
         weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
         self._send_update(state, round_number=0, base_digest=None, weights=weights,
-                          num_samples=len(self.task.train_set), loss=None, seconds=None)
+                          num_samples=max(1, self.task.train_size()), loss=None, seconds=None)
 
     def _on_model(self, state: RunState, sync: ModelSync, payload: Received) -> None:
         digest = sync.payload.sha256
@@ -235,16 +264,24 @@ class SiloClient:
 
     def _train(self, state: RunState, round_number: int, digest: str) -> None:
         self._load(state, digest)
-        log.info("round %d: training %d epoch(s) on %d samples", round_number, state.spec.local_epochs,
-                 len(self.task.train_set))
-        steps = state.spec.local_epochs * -(-len(self.task.train_set) // state.spec.batch_size)
+        size = self.task.train_size()
+        log.info("round %d: training %d epoch(s) on %d samples", round_number, state.spec.local_epochs, size)
+        steps = state.spec.local_epochs * -(-size // state.spec.batch_size)
+        started = time.perf_counter()
         with self.loss_log.open("a") as out, Progress(f"round {round_number}: training", steps, "steps", log) as bar:
             def log_step(epoch: int, step: int, losses: dict[str, float]) -> None:
-                parts = " ".join(f"{k}: {v:.6f}" for k, v in losses.items())
+                parts = " ".join(f"{k}: {float(v):.6f}" for k, v in losses.items())
                 out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
-                bar.advance(note=f"epoch {epoch}, loss {losses.get('total_loss', float('nan')):.4f}")
+                bar.advance(note=f"epoch {epoch}, loss {float(losses.get('total_loss', float('nan'))):.4f}")
 
-            result = self.trainer.train(state.model, state.spec, log_step)
+            try:
+                result = self.trainer.train(state.model, state.spec, self._context(state.spec, round_number,
+                                                                                  log_step=log_step))
+            except TaskError as exc:
+                state.trained_round = round_number  # not again on a resync: the aggregator goes on without us
+                self._report_failure(state, round_number, "train", exc)
+                return
+        seconds = time.perf_counter() - started
         state.trained_round = round_number
         weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
         loss = result.loss
@@ -253,9 +290,8 @@ class SiloClient:
             log.error("round %d: training diverged (loss %s); the aggregator will reject this update. "
                       "Lower the job's --lr, or check this silo's data", round_number, loss)
             loss = None
-        self._send_update(state, round_number, digest, weights, result.num_samples, loss, result.seconds)
-        log.info("round %d: update sent (loss %s, %.1f s)", round_number,
-                 "-" if loss is None else f"{loss:.4f}", result.seconds)
+        self._send_update(state, round_number, digest, weights, result.num_samples, loss, seconds)
+        log.info("round %d: update sent (loss %s, %.1f s)", round_number, "-" if loss is None else f"{loss:.4f}", seconds)
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
@@ -282,9 +318,15 @@ class SiloClient:
         for digest in [d for d in state.pending_tests if d in state.models]:
             round_number = state.pending_tests.pop(digest)
             self._load(state, digest)
-            test_size = len(getattr(self.task, "test_set", None) or ())
-            with Progress(f"round {round_number}: evaluating", test_size, "samples", log) as bar:
-                num_samples, metrics = self.task.evaluate(state.model, progress=bar.advance)
+            with Progress(f"round {round_number}: evaluating", self.task.test_size(), "samples", log) as bar:
+                ctx = self._context(state.spec, round_number, eval_progress=bar.advance)
+                try:
+                    num_samples, metrics = check_eval_result(
+                        self.task.name, call_task(self.task, "evaluate", self.task.evaluate, state.model, ctx))
+                except TaskError as exc:
+                    self._report_failure(state, round_number, "evaluate", exc)
+                    continue
+            metrics = dict(metrics)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no test data"
             log.info("round %d: evaluated the global model on %d test samples: %s", round_number, num_samples, shown)
             result = TestResult(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,

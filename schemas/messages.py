@@ -12,7 +12,7 @@ import json
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ..errors import ProtocolError
 from .codecs.names import CODECS
@@ -25,7 +25,11 @@ Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 Labels = Annotated[list[Label], Field(min_length=1, max_length=2_000)]
-Task = Literal["classification", "detection"]
+Task = Name  # a task plug-in's name: the built-in classification and detection, or any other
+MetricName = Annotated[str, Field(min_length=1, max_length=64)]
+OptionKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")]
+OptionValue = Annotated[str, Field(max_length=1024)] | int | float | bool
+TaskOptions = Annotated[dict[OptionKey, OptionValue], Field(max_length=64)]
 Signature = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{86}==$")]  # base64 of a 64-byte Ed25519 signature
 
 
@@ -52,6 +56,24 @@ class PayloadInfo(BaseModel):
     sha256: Digest
 
 
+class TaskDefaults(BaseModel):
+    """A task's defaults for the job options its aggregator is not given.
+
+    A task plug-in declares them (``Task.defaults``); its silos announce them in their presence;
+    the aggregator fixes each option it was not given from them when the job starts, so an explicit
+    ``--batch-size 32`` is always honoured and a task's own default needs no sentinel.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    model: Annotated[str, Field(min_length=1, max_length=64)] = "default"
+    """The model name the task builds when the job names none (``ctx.model``)."""
+    metric: MetricName = "accuracy"
+    """The headline metric of ``evaluate`` (logs, plots, the demo)."""
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
+    lr: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 0.01
+
+
 class JobSpec(_RunHeader):
     """The job, published retained on the init topic.
 
@@ -72,15 +94,19 @@ class JobSpec(_RunHeader):
     type: Literal["job"] = "job"
     status: Literal["waiting", "running", "interrupted", "finished", "failed"] = "waiting"
     task: Task = "classification"
-    model: Annotated[str, Field(max_length=64)]
+    # model, metric, batch_size, lr: None while waiting means "the task's default": the aggregator
+    # fixes them from the defaults its silos announce (TaskDefaults) when the job starts.
+    model: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    metric: MetricName | None = None
+    task_options: TaskOptions = Field(default_factory=dict)  # for the silos' task plug-in; fedmq reads none
     labels: Labels | None = None
     num_classes: Annotated[int, Field(ge=1, le=100_000)] | None = None  # None: one output per label
     rounds: Annotated[int, Field(ge=1)]
     min_clients: Annotated[int, Field(ge=1)]
     local_epochs: Annotated[int, Field(ge=0, le=10_000)]
-    batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     mode: Literal["sync", "async"] = "sync"
-    lr: Annotated[float, Field(gt=0, le=100)]
+    lr: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     seed: int
     codec: Annotated[str, Field(max_length=64)]
@@ -88,6 +114,15 @@ class JobSpec(_RunHeader):
     max_update_bytes: Annotated[int, Field(ge=1024)]
     signed: bool = False  # silos must sign updates and results (schemas/signing.py)
     mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
+
+    @model_validator(mode="after")
+    def _fixed_once_started(self) -> JobSpec:
+        """A started job has every option its silos train with (the task's defaults are filled in by then)."""
+        if self.status != "waiting":
+            unset = [name for name in ("model", "batch_size", "lr") if getattr(self, name) is None]
+            if unset:
+                raise ValueError(f"a {self.status} job must set {', '.join(unset)}")
+        return self
 
     @field_validator("codec")
     @classmethod
@@ -171,11 +206,27 @@ class TestResult(_RunHeader):
         return value
 
 
+class TensorInfo(BaseModel):
+    """One tensor of a model's state dict: what a fingerprint compares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=512)]
+    shape: Annotated[list[Annotated[int, Field(ge=0, le=2**40)]], Field(max_length=16)]
+    dtype: Annotated[str, Field(max_length=32)]
+
+
+Fingerprint = Annotated[list[TensorInfo], Field(max_length=10_000)]
+"""A model's tensors in state-dict order (schemas/fingerprint.py): names, shapes and dtypes, no values."""
+
+
 class Presence(_Header):
     """A silo's retained online/offline state; the offline form is also its MQTT last will.
 
-    Online, a silo says which task its data folder holds and which labels (class or category
-    names) it has, so the aggregator can fix the job's label set and refuse a mismatched silo.
+    Online, a silo says which task it runs, which labels (class or category names) its data has,
+    and its task's defaults, so the aggregator can fix the job's labels and options and refuse a
+    mismatched silo. Once it has built the job's model it says so again with the model's
+    ``fingerprint`` (with ``run_id``): a silo whose model differs from the job's is refused.
     """
 
     type: Literal["presence"] = "presence"
@@ -183,6 +234,24 @@ class Presence(_Header):
     online: bool
     task: Task | None = None
     labels: Labels | None = None
+    defaults: TaskDefaults | None = None
+    run_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # the run the fingerprint is for
+    fingerprint: Fingerprint | None = None
+
+
+class TaskFailure(_RunHeader):
+    """A silo's task raised, or returned something wrong, in ``phase`` of ``round`` (0: setting up).
+
+    Sent on the silo's update topic (setup, train) or result topic (evaluate) instead of what was
+    asked for: the aggregator records it as a rejection with ``reason`` and goes on with the others.
+    ``reason`` is one line (the exception's type and message), never a traceback or user data.
+    """
+
+    type: Literal["failure"] = "failure"
+    silo: Name
+    round: Count
+    phase: Literal["setup", "train", "evaluate"]
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class RoundStatus(_RunHeader):
@@ -202,10 +271,14 @@ class RoundStatus(_RunHeader):
     waiting_for: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
     deadline_unix: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     version: Count | None = None
+    # The last round whose evaluation completed, and its sample-weighted metrics (any the task reports).
+    completed_round: Count | None = None
+    metrics: Annotated[dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]], Field(max_length=96)] = \
+        Field(default_factory=dict)
 
 
 Message = Annotated[
-    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus,
+    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus | TaskFailure,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

@@ -29,8 +29,10 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     run_id: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
-    task: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))  # a task plug-in's name
+    model: Mapped[str | None] = mapped_column(String(64))  # None until the job starts with its task's default
+    metric: Mapped[str | None] = mapped_column(String(64))  # the headline metric (--metric, or the task's)
+    task_options: Mapped[dict | None] = mapped_column(JSON)  # --task-option key=value, for the silos' task
     spec: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

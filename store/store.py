@@ -144,7 +144,8 @@ class Store:
 
     def create_job(self, name: str, run_id: str, spec: dict[str, Any]) -> Job:
         with self.session() as s, s.begin():
-            job = Job(name=name, run_id=run_id, status=spec["status"], task=spec["task"], model=spec["model"], spec=spec)
+            job = Job(name=name, run_id=run_id, status=spec["status"], task=spec["task"], model=spec.get("model"),
+                      metric=spec.get("metric"), task_options=spec.get("task_options") or {}, spec=spec)
             s.add(job)
         return job
 
@@ -153,6 +154,9 @@ class Store:
             job = s.get(Job, job_id)
             job.spec = spec
             job.status = spec["status"]
+            # fixed when the job starts (the task's defaults), or changed on resuming
+            job.model, job.metric = spec.get("model"), spec.get("metric")
+            job.task_options = spec.get("task_options") or {}
             if spec["status"] in ("finished", "failed"):
                 job.finished_at = utcnow()
 
@@ -242,8 +246,8 @@ class Store:
                 select(Job, completed.c.n).outerjoin(completed, completed.c.job_id == Job.id).order_by(Job.created_at)
             ).all()
             return [
-                {"job": job.name, "status": job.status, "task": job.task, "model": job.model,
-                 "rounds": job.spec.get("rounds"), "rounds_completed": n or 0,
+                {"job": job.name, "status": job.status, "task": job.task, "model": job.model, "metric": job.metric,
+                 "task_options": job.task_options or {}, "rounds": job.spec.get("rounds"), "rounds_completed": n or 0,
                  "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at)}
                 for job, n in rows
             ]
