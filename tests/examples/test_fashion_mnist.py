@@ -72,12 +72,12 @@ def test_five_silos_learn_fashion_mnist_through_fedmq(tmp_path: Path, fashion_mn
     assert "6003 training images" in made.stdout  # the reference split, cut to 240 per silo only when read
     silos = [tmp_path / "D" / str(i) for i in range(5)]
     rounds = example.job("fmnist-example", silos,
-                         ["--task", "fashion-mnist", "--rounds", "3", "--local-epochs", "2"],
+                         ["--task", "fashion-mnist", "--rounds", "6", "--local-epochs", "2"],
                          ["--task", "fashion-mnist"])
-    assert [r["status"] for r in rounds] == ["completed"] * 3
+    assert [r["status"] for r in rounds] == ["completed"] * 6
     assert all(r["clients"] == [f"silo{i}" for i in range(5)] for r in rounds)
     assert all({"accuracy", "loss", "macro_f1"} <= set(r["metrics"]) for r in rounds)  # the task's own metric, every round
     accuracy = [r["metrics"]["accuracy"] for r in rounds]
-    assert accuracy[-1] > 0.45, accuracy  # ten classes: chance is 0.1
+    assert accuracy[-1] > 0.55, accuracy  # ten classes: chance is 0.1
     assert rounds[-1]["metrics"]["loss"] < rounds[0]["metrics"]["loss"]
     assert rounds[-1]["metrics"]["eval_samples"] == 1000  # 5 silos x 200 test images
