@@ -45,13 +45,13 @@ class ExampleRunner:
     def __init__(self, fedmq: Any, broker: str, tmp_path: Path, env: dict[str, str]) -> None:
         self.fedmq, self.broker, self.tmp_path, self.env = fedmq, broker, tmp_path, env
 
-    def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def command(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """One of the example's own commands (``python -m fedmq_x.y ...``), as a user runs it after installing."""
         return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "OMP_NUM_THREADS": "1", **self.env})
 
     def job(self, job: str, silos: list[Path], aggregator_args: list[str], client_args: list[str],
-            timeout: float = 240) -> list[dict]:
+            timeout: float = 420) -> list[dict]:
         """A whole job (``fedmq aggregator``, one ``fedmq client`` per folder); returns ``fedmq history --json``."""
         return _run_job(self.fedmq, self.broker, self.tmp_path, job, silos, aggregator_args, client_args, self.env,
                         timeout)

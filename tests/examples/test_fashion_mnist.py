@@ -81,3 +81,14 @@ def test_five_silos_learn_fashion_mnist_through_fedmq(tmp_path: Path, fashion_mn
     assert accuracy[-1] > 0.55, accuracy  # ten classes: chance is 0.1
     assert rounds[-1]["metrics"]["loss"] < rounds[0]["metrics"]["loss"]
     assert rounds[-1]["metrics"]["eval_samples"] == 1000  # 5 silos x 200 test images
+
+
+def test_a_folder_without_its_shard_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from fedmq_fashion_mnist.task import FashionMnist
+
+    with pytest.raises(DataError, match="holds no fashion-mnist.json") as raised:
+        FashionMnist(tmp_path)
+    assert "fashion-mnist-silos" in raised.value.hint
+    (tmp_path / "fashion-mnist.json").write_text('{"silos": 5, "silo": 5, "alpha": 0.5}')
+    with pytest.raises(DataError, match="silo 5 is not one of the 5 silos"):
+        FashionMnist(tmp_path)
