@@ -437,8 +437,8 @@ class Federation:
             self.store.record_update(self.job_id, pending.round_id, failure.silo, accepted=False, reason=reason,
                                      claimed_round=failure.round)
             return
-        if self.round is not None:
-            self.round.silo_left(failure.silo)
+        if self.round is not None and failure.round == self.round.number:
+            self.round.silo_left(failure.silo)  # the round closes with the others
         self._reject(failure.silo, reason, size=0)
 
     # -- the initial model --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from fedmq.edge_client.context import make_context
 from fedmq.edge_client.data.coco import collate_detection, detection_labels, synth_detection
 from fedmq.edge_client.detection import DetectionTask
 from fedmq.schemas import JobSpec
@@ -34,8 +35,9 @@ def _spec(model: str, labels: list[str], batch_size: int) -> JobSpec:
 def bench(model_name: str, data: Path, device: str, steps: int, batch_size: int) -> dict:
     task = DetectionTask(data)
     spec = _spec(model_name, detection_labels(data), batch_size)
-    task.prepare(spec)
-    model = task.build_model(spec).to(device)  # the task trains wherever the model is
+    ctx = make_context(spec, silo="bench", data=data, work_dir=data, device=torch.device(device), round_number=1)
+    task.setup(ctx)
+    model = task.build_model(ctx).to(device)  # the task trains wherever the model is
     optimiser = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9)
     loader = DataLoader(task.train_set, batch_size=batch_size, shuffle=True, collate_fn=collate_detection)
     batches = [b for _, b in zip(range(steps + 1), _cycle(loader))]
@@ -56,16 +58,18 @@ def bench(model_name: str, data: Path, device: str, steps: int, batch_size: int)
     step_s = sorted(times)[len(times) // 2]
 
     start = time.perf_counter()
-    result = task.train(model, spec, lambda *_: None)
+    task.train(model, ctx)
+    _sync(device)
+    train_s = time.perf_counter() - start
     payload = encode_state({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    eval_samples, _ = task.evaluate(model)
+    eval_samples, _ = task.evaluate(model, ctx)
     _sync(device)
     round_s = time.perf_counter() - start
     raw_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return {
         "model": model_name, "device": device, "device_name": _device_name(device), "batch_size": batch_size,
         "image_size": int(task.train_set[0][0].shape[-1]), "s_per_step": round(step_s, 4),
-        "train_images": len(task.train_set), "s_per_round": round(round_s, 2), "train_s": round(result.seconds, 2),
+        "train_images": len(task.train_set), "s_per_round": round(round_s, 2), "train_s": round(train_s, 2),
         "update_mb": round(len(payload) / 1e6, 2), "raw_mb": round(raw_bytes / 1e6, 2),
         "eval_images": eval_samples, "threads": torch.get_num_threads(),
     }

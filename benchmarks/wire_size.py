@@ -26,9 +26,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from federation_runner import run_federation
 from fedmq.broker.server import free_port, start_mosquitto
 from fedmq.edge_client.classification import ClassificationTask
+from fedmq.edge_client.context import make_context
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.schemas import JobSpec
 from fedmq.schemas.codec import CODECS, DEFAULT_CODEC, DELTA_CODECS, Base, encode_state, is_delta, raw_size, sha256_hex
@@ -52,11 +54,13 @@ def trained_pair(model_name: str, data: Path, steps: int, seed: int) -> tuple[di
     task = ClassificationTask(data)
     per_epoch = -(-1024 // 32)  # train_per_silo / batch_size
     spec = spec_for(model_name, task.labels, max(1, round(steps / per_epoch)), seed)
-    task.prepare(spec)
-    model = task.build_model(spec)
-    task.train(model, spec, lambda *_: None)
+    ctx = make_context(spec, silo="bench", data=data, work_dir=data, device=torch.device("cpu"), round_number=1)
+    task.setup(ctx)
+    model = task.build_model(ctx)
+    task.train(model, ctx)
     base = state_of(model)
-    task.train(model, spec.model_copy(update={"local_epochs": 1}), lambda *_: None)
+    task.train(model, make_context(spec.model_copy(update={"local_epochs": 1}), silo="bench", data=data, work_dir=data,
+                                   device=torch.device("cpu"), round_number=2))
     return base, state_of(model)
 
 

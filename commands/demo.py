@@ -122,7 +122,7 @@ def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float) -
             _show_progress(db, shown)
             store = Store(db, create=False)
             try:
-                click.echo("\n" + render_rounds("default", store.history("default")))
+                click.echo("\n" + render_rounds("default", store.history("default"), store.job_metric("default")))
             finally:
                 store.close()
             click.echo(f"\ndone: see it again with `fedmq history --db {db}`")

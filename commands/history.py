@@ -13,8 +13,11 @@ import click
 from ..errors import ConfigError, StoreError
 from ..store import Store
 
-# The table shows these; `--json` has every metric the silos reported.
+# The table shows the job's --metric first, then these, then any other metric (up to TABLE_MAX_METRICS);
+# `--json` and `--csv` have every metric the silos reported.
 TABLE_METRICS = ("accuracy", "map", "map50", "loss", "train_loss")
+TABLE_MAX_METRICS = 8
+COUNTS = ("eval_samples",)  # aggregate counts, not metrics: in --json and --csv only
 CSV_FIELDS = ("round", "status", "clients", "num_samples", "rejected")
 
 
@@ -33,6 +36,7 @@ def print_history(db: str, job: str | None, as_json: bool, round_number: int | N
                 return
             job = jobs[0]["job"]
         rounds = store.history(job)
+        metric = store.job_metric(job)
         detail = store.round_detail(job, round_number) if round_number is not None else None
     finally:
         store.close()
@@ -41,12 +45,12 @@ def print_history(db: str, job: str | None, as_json: bool, round_number: int | N
     if plot_path is not None:
         from .history_plot import plot_rounds
 
-        plot_rounds(job, rounds, plot_path)
+        plot_rounds(job, rounds, plot_path, metric=metric)
         click.echo(f"wrote the plot of job {job}'s {len(rounds)} round(s) to {plot_path}", err=True)
     if detail is not None:
         click.echo(json.dumps(detail, indent=2) if as_json else render_round(detail))
     elif csv_path is None and plot_path is None:
-        click.echo(json.dumps(rounds, indent=2) if as_json else render_rounds(job, rounds))
+        click.echo(json.dumps(rounds, indent=2) if as_json else render_rounds(job, rounds, metric))
 
 
 def open_existing_store(db: str) -> Store:
@@ -64,16 +68,24 @@ def _print_jobs(jobs: list[dict[str, Any]], as_json: bool, db: str) -> None:
     if not jobs:
         click.echo(f"no jobs in {db}")
         return
-    rows = [["job", "status", "task", "model", "rounds", "created"]]
-    rows += [[j["job"], j["status"], j["task"], j["model"], f"{j['rounds_completed']}/{j['rounds']}",
-              (j["created_at"] or "")[:19]] for j in jobs]
+    rows = [["job", "status", "task", "model", "metric", "rounds", "created"]]
+    rows += [[j["job"], j["status"], j["task"], j["model"] or "-", j["metric"] or "-",
+              f"{j['rounds_completed']}/{j['rounds']}", (j["created_at"] or "")[:19]] for j in jobs]
     click.echo(_table(rows))
     click.echo("\nshow one job's rounds with: fedmq history --job NAME")
 
 
-def render_rounds(job: str, rounds: list[dict[str, Any]]) -> str:
-    present = {k for r in rounds for k in r["metrics"]}
-    keys = [k for k in TABLE_METRICS if k in present]
+def table_metrics(rounds: list[dict[str, Any]], metric: str | None) -> list[str]:
+    """The metrics the table shows: the job's headline one, the usual ones, then the task's others, alphabetically."""
+    present = {k for r in rounds for k in r["metrics"]} - set(COUNTS)
+    first = [metric] if metric in present else []
+    usual = [k for k in TABLE_METRICS if k in present and k not in first]
+    others = sorted(present - set(first) - set(usual))
+    return (first + usual + others)[:TABLE_MAX_METRICS]
+
+
+def render_rounds(job: str, rounds: list[dict[str, Any]], metric: str | None = None) -> str:
+    keys = table_metrics(rounds, metric)
     rows = [["round", "status", "clients", "samples", *keys, "rejected", "finished"]]
     for r in rounds:
         metrics = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k in keys]

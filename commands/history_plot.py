@@ -1,6 +1,6 @@
 """``fedmq history --plot``: a job's rounds as one figure, drawn with matplotlib's Agg backend.
 
-Three panels over the rounds: the task's main metric (accuracy or mAP) aggregated and per silo,
+Three panels over the rounds: the job's headline metric (``--metric``: accuracy, mAP, Dice...) aggregated and per silo,
 the losses (test loss, train loss), and the silos that took part in each round (rejected updates
 stacked on top). A ``Figure`` with an Agg canvas is used directly, never pyplot, so nothing needs
 a display and no global state is touched.
@@ -20,13 +20,19 @@ SIZE_IN = (8.0, 9.0)
 DPI = 100
 
 
-def main_metric(rounds: list[dict[str, Any]]) -> str | None:
+def main_metric(rounds: list[dict[str, Any]], metric: str | None = None) -> str | None:
+    """The job's headline ``metric`` when its rounds have it; else the first usual one, else the first any."""
     present = {k for r in rounds for k in r["metrics"]} | {k for r in rounds for e in r["evaluations"].values() for k in e}
-    return next((k for k in MAIN_METRICS if k in present), None)
+    if metric in present:
+        return metric
+    usual = next((k for k in MAIN_METRICS if k in present), None)
+    others = sorted(present - {"num_samples", "eval_samples", *(k for k, _ in LOSSES)})
+    return usual or (others[0] if others else None)
 
 
-def plot_rounds(job: str, rounds: list[dict[str, Any]], path: Path) -> Path:
-    """Draw the rounds of ``job`` (``Store.history`` dicts) into ``path``; its suffix picks the format."""
+def plot_rounds(job: str, rounds: list[dict[str, Any]], path: Path, metric: str | None = None) -> Path:
+    """Draw the rounds of ``job`` (``Store.history`` dicts) into ``path``; its suffix picks the format.
+    ``metric``: the job's headline metric, drawn in the top panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,7 +46,7 @@ def plot_rounds(job: str, rounds: list[dict[str, Any]], path: Path) -> Path:
                           hint="name the file .png (or .svg, .pdf)")
     metric_ax, loss_ax, clients_ax = fig.subplots(3, 1, sharex=True, height_ratios=(3, 2, 1.3))
     numbers = [r["round"] for r in rounds]
-    metric = main_metric(rounds)
+    metric = main_metric(rounds, metric)
     _metric_panel(metric_ax, rounds, metric)
     _loss_panel(loss_ax, rounds)
     clients = [len(r["clients"]) for r in rounds]

@@ -48,7 +48,8 @@ class Snapshot:
             "broker": self.broker, "job": self.job,
             "spec": None if spec is None else {
                 "status": spec.status, "run_id": spec.run_id, "task": spec.task, "model": spec.model,
-                "rounds": spec.rounds, "min_clients": spec.min_clients, "mode": spec.mode,
+                "metric": spec.metric, "task_options": dict(spec.task_options), "rounds": spec.rounds,
+                "min_clients": spec.min_clients, "mode": spec.mode,
                 "local_epochs": spec.local_epochs, "labels": len(spec.labels or ()), "signed": spec.signed},
             "silos": [{"silo": name, "online": p.online, "task": p.task} for name, p in sorted(self.silos.items())],
             "online": online,
@@ -59,7 +60,8 @@ class Snapshot:
             out["round"] = {"phase": s.phase, "round": s.round, "version": s.version, "updates_in": s.updates_in,
                             "waiting_for": s.waiting_for, "deadline_unix": s.deadline_unix,
                             "seconds_left": None if s.deadline_unix is None else round(max(0.0, s.deadline_unix - now), 1),
-                            "current": self.status_is_current}
+                            "current": self.status_is_current, "completed_round": s.completed_round,
+                            "metrics": dict(s.metrics)}
         if self.refused:
             out["refused"] = self.refused
         return out
@@ -108,8 +110,11 @@ def render(snapshot: Snapshot, now: float) -> str:
     if spec is None:
         lines.append("  job: not published (no aggregator has started it on this broker)")
     else:
-        lines.append(f"  job: {spec['status']}, {spec['task']} with {spec['model']}, {spec['rounds']} round(s), "
-                     f"min {spec['min_clients']} silo(s), {spec['mode']} mode, run {spec['run_id'][:8]}")
+        lines.append(f"  job: {spec['status']}, {spec['task']} with {spec['model'] or 'the task default model'}, "
+                     f"{spec['rounds']} round(s), min {spec['min_clients']} silo(s), {spec['mode']} mode, "
+                     f"run {spec['run_id'][:8]}")
+        if spec["task_options"]:
+            lines.append("  task options: " + ", ".join(f"{k}={v}" for k, v in sorted(spec["task_options"].items())))
     offline = [s["silo"] for s in d["silos"] if not s["online"]]
     lines.append(f"  silos online: {len(d['online'])}" + (f" ({', '.join(d['online'])})" if d["online"] else "")
                  + (f"; offline: {', '.join(offline)}" if offline else ""))
@@ -126,6 +131,11 @@ def render(snapshot: Snapshot, now: float) -> str:
                          f"waiting for: {', '.join(r['waiting_for']) or 'nobody'}")
             if r["seconds_left"] is not None:
                 lines.append(f"    deadline in {_duration(r['seconds_left'])}")
+        if r["completed_round"] is not None and r["metrics"]:
+            headline = spec["metric"] if spec else None
+            keys = sorted(r["metrics"], key=lambda k: (k != headline, k))
+            lines.append(f"  round {r['completed_round']} evaluated: "
+                         + ", ".join(f"{k} {_number(r['metrics'][k])}" for k in keys))
     for problem in snapshot.refused:
         lines.append(f"  refused: {problem}")
     return "\n".join(lines)
@@ -138,6 +148,10 @@ def print_status(url: BrokerUrl, job: str, timeout: float, connect_timeout: floa
                          hint="check --job and --broker; the aggregator publishes the job when it starts")
     now = time.time()
     click.echo(json.dumps(snapshot.to_dict(now), indent=2) if as_json else render(snapshot, now))
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
 
 
 def _duration(seconds: float) -> str:

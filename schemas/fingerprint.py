@@ -25,21 +25,22 @@ def dtype_name(dtype: Any) -> str:
 
 
 def first_difference(job: Sequence[TensorInfo], silo: Sequence[TensorInfo]) -> str | None:
-    """None when the fingerprints match; else what differs first, in the job's tensor order, as a phrase:
-    "tensor 'fc.weight' has shape [10, 84], the job's [2, 84]"."""
-    theirs = {t.name: t for t in silo}
-    for mine in job:
-        other = theirs.get(mine.name)
-        if other is None:
-            return f"it lacks the job's tensor {mine.name!r} ({_describe(mine)})"
-        if other.shape != mine.shape:
-            return f"tensor {mine.name!r} has shape {other.shape}, the job's {mine.shape}"
-        if other.dtype != mine.dtype:
-            return f"tensor {mine.name!r} is {other.dtype}, the job's {mine.dtype}"
-    names = {t.name for t in job}
-    extra = next((t for t in silo if t.name not in names), None)
-    if extra is not None:
-        return f"it has tensor {extra.name!r} ({_describe(extra)}), which the job's model lacks"
+    """None when the fingerprints match; else what differs first, as a phrase: "tensor 'fc.weight' has
+    shape [10, 84], the job's [2, 84]". The silo's tensors are looked at in its model's order (the job's
+    come from a checkpoint, whose order is the file's), then the job's tensors the silo lacks."""
+    mine = {t.name: t for t in job}
+    for other in silo:
+        expected = mine.get(other.name)
+        if expected is None:
+            return f"it has tensor {other.name!r} ({_describe(other)}), which the job's model lacks"
+        if other.shape != expected.shape:
+            return f"tensor {other.name!r} has shape {other.shape}, the job's {expected.shape}"
+        if other.dtype != expected.dtype:
+            return f"tensor {other.name!r} is {other.dtype}, the job's {expected.dtype}"
+    names = {t.name for t in silo}
+    missing = next((t for t in job if t.name not in names), None)
+    if missing is not None:
+        return f"it lacks the job's tensor {missing.name!r} ({_describe(missing)})"
     return None
 
 

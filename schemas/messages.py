@@ -96,7 +96,7 @@ class JobSpec(_RunHeader):
     task: Task = "classification"
     # model, metric, batch_size, lr: None while waiting means "the task's default": the aggregator
     # fixes them from the defaults its silos announce (TaskDefaults) when the job starts.
-    model: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    model: Annotated[str, Field(max_length=64)] | None = None
     metric: MetricName | None = None
     task_options: TaskOptions = Field(default_factory=dict)  # for the silos' task plug-in; fedmq reads none
     labels: Labels | None = None

@@ -252,6 +252,11 @@ class Store:
                 for job, n in rows
             ]
 
+    def job_metric(self, job_name: str) -> str | None:
+        """The job's headline metric (``--metric``, or its task's default once it started)."""
+        with self.session() as s:
+            return self._job_named(s, job_name).metric
+
     def _job_named(self, s: Session, job_name: str) -> Job:
         job = s.scalar(select(Job).where(Job.name == job_name)) if self._tables_exist() else None
         if job is None:

@@ -251,3 +251,25 @@ def test_the_readmes_config_files_load(tmp_path: Path, section: str) -> None:
     assert blocks
     for i, block in enumerate(blocks):
         assert load_config(write(tmp_path / f"readme-{i}.toml", block), cli)
+
+
+def test_task_options_table_becomes_the_repeatable_task_option(tmp_path: Path) -> None:
+    config = write(tmp_path / "fedmq.toml", """
+[aggregator]
+task = "segmentation"
+[aggregator.task-options]
+depth = 3
+loss = "dice"
+augment = true
+""")
+    default_map = load_config(config, cli)
+    assert default_map["aggregator"] == {"task": "segmentation", "task_option": ["depth=3", "loss=dice", "augment=true"]}
+    from fedmq.schemas.task_options import parse_task_options
+
+    assert parse_task_options(default_map["aggregator"]["task_option"]) == {"depth": 3, "loss": "dice", "augment": True}
+
+
+def test_a_task_options_table_elsewhere_is_an_unknown_table(tmp_path: Path) -> None:
+    config = write(tmp_path / "fedmq.toml", "[client.task-options]\ndepth = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown table \[client.task-options\]"):
+        load_config(config, cli)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fedmq.edge_client.context import make_context
 from fedmq.edge_client.data.coco import synth_detection
 from fedmq.edge_client.detection import DetectionTask
-from fedmq.edge_client.distributed import DistributedTrainer, ShardSampler, rank_spec
+from fedmq.edge_client.distributed import DistributedTrainer, ShardSampler, WorkerArgs, rank_batch
 from fedmq.schemas import JobSpec
 
 WORKER_PID = re.compile(r"started training worker rank \d+ of \d+ \(pid (\d+)\)")
@@ -63,9 +64,9 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 # -- units ----------------------------------------------------------------------------------------------
 def test_each_rank_takes_its_share_of_the_jobs_batch() -> None:
-    assert rank_spec(_spec(batch_size=32), 2).batch_size == 16
-    assert rank_spec(_spec(batch_size=32), 3).batch_size == 11, "rounded up: never a smaller global batch"
-    assert rank_spec(_spec(batch_size=1), 4).batch_size == 1
+    assert rank_batch(32, 2) == 16
+    assert rank_batch(32, 3) == 11, "rounded up: never a smaller global batch"
+    assert rank_batch(1, 4) == 1
 
 
 def test_shards_cover_the_data_and_reshuffle_every_epoch() -> None:
@@ -80,7 +81,8 @@ def test_shards_cover_the_data_and_reshuffle_every_epoch() -> None:
 def test_a_worker_leaves_when_its_parent_is_gone_even_with_stdin_open(tmp_path: Path) -> None:
     """The watchdog: a worker told that its rank 0 is a process other than its parent leaves at once."""
     worker = subprocess.Popen([sys.executable, "-m", "fedmq.edge_client.distributed", "--rank", "1", "--world", "2",
-                               "--port", "1", "--data", str(tmp_path), "--device", "cpu", "--parent", "1"],
+                               "--port", "1", "--data", str(tmp_path), "--task", "classification", "--silo", "s",
+                               "--work-dir", str(tmp_path), "--device", "cpu", "--parent", "1"],
                               stdin=subprocess.PIPE)
     try:
         assert worker.wait(timeout=30) == 1
@@ -95,13 +97,15 @@ def test_detection_trains_on_two_processes(tmp_path: Path) -> None:
     task = DetectionTask(data)
     spec = _spec(task="detection", model="fasterrcnn_mobilenet_v3_large_320_fpn", labels=task.labels, batch_size=4,
                  lr=0.01)
-    task.prepare(spec)
-    model = task.build_model(spec)
-    trainer = DistributedTrainer(task, data, 2, torch.device("cpu"))
     steps: list[int] = []
+    ctx = make_context(spec, silo="s", data=data, work_dir=tmp_path, device=torch.device("cpu"), round_number=1,
+                       log_step=lambda epoch, step, losses: steps.append(step))
+    task.setup(ctx)
+    model = task.build_model(ctx)
+    trainer = DistributedTrainer(task, WorkerArgs("detection", data, "s", tmp_path), 2, torch.device("cpu"))
     trainer.start()
     try:
-        result = trainer.train(model, spec, lambda epoch, step, losses: steps.append(step))
+        result = trainer.train(model, spec, ctx)
         pids = [w.pid for w in trainer.workers]
     finally:
         trainer.close()

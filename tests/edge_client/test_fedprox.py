@@ -40,6 +40,7 @@ def test_zero_at_the_global_model_and_for_mu_zero() -> None:
 
 def test_a_large_mu_keeps_local_training_near_the_global_model(tmp_path) -> None:
     from fedmq.edge_client.classification import ClassificationTask
+    from fedmq.edge_client.context import make_context
     from fedmq.edge_client.data.synth_classification import synth_classification
     from fedmq.schemas import JobSpec
 
@@ -50,10 +51,11 @@ def test_a_large_mu_keeps_local_training_near_the_global_model(tmp_path) -> None
         spec = JobSpec(job="j", run_id="r", status="running", model="cnn", labels=task.labels, rounds=1,
                        min_clients=1, local_epochs=2, batch_size=16, lr=0.05, seed=0, codec="safetensors+zstd",
                        chunk_size=1 << 20, max_update_bytes=1 << 30, mu=mu)
-        task.prepare(spec)
-        model = task.build_model(spec)
+        ctx = make_context(spec, silo="s", data=folder, work_dir=tmp_path, device=torch.device("cpu"), round_number=1)
+        task.setup(ctx)
+        model = task.build_model(ctx)
         start = {k: v.clone() for k, v in model.state_dict().items()}
-        task.train(model, spec, lambda *_: None)
+        task.train(model, ctx)
         drift[mu] = sum((v.float() - start[k].float()).pow(2).sum().item() for k, v in model.state_dict().items()
                         if v.is_floating_point() and "running" not in k)
     assert 0 < drift[10.0] < 0.5 * drift[0.0], drift
