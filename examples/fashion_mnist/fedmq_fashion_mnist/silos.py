@@ -55,6 +55,9 @@ def main(out: Path, silos: int, alpha: float, source: Path, seed: int, min_size:
             click.echo(f"hint: {exc.hint}", err=True)
         sys.exit(2)
     click.echo(f"{silos} silo folder(s) under {out}, Dirichlet alpha {alpha}, seed {seed}:")
+    if train_limit or test_limit:
+        click.echo(f"  each silo reads only the first {train_limit or 'all'} training and {test_limit or 'all'} "
+                   f"test images of its shard")
     for folder, counts in made:
         click.echo(f"  {folder}: {int(counts.sum())} training images; per class {' '.join(str(int(c)) for c in counts)}")
 
