@@ -2,8 +2,8 @@
 published reference (Flower 1.42 FedAvg, same setup) and a centralized run of the same model.
 
 Run from the repository root, with the project installed and ``apt-get install dataset-fashion-mnist``:
-``nice python benchmarks/fashion_mnist.py`` (all cases: about an hour on 2 busy cores), or
-``--cases fedavg-0.5 centralized`` for the two that matter most.
+``nice python benchmarks/fashion_mnist.py`` (each federated case trains 20 x 60,000 images: about 30
+minutes on 2 heavily loaded cores), or ``--cases fedavg-0.5 centralized`` for the two that matter most.
 
 The setup is the reference's: LeNet-5 (examples/fashion_mnist), 5 silos split with Dirichlet(alpha)
 over the labels (numpy ``default_rng(0)``, redrawn until each silo has 100 images), 20 rounds, all
