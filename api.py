@@ -66,7 +66,7 @@ def check_task_name(value: str) -> str:
     return value
 
 
-def run_aggregator(**options: Any) -> int:
+def run_aggregator(*, stop: Any = None, **options: Any) -> int:
     """Publish a job, wait for ``min_clients`` silos, run the rounds; return the exit code.
 
     Options (all keyword, as ``fedmq aggregator --help`` lists them): ``broker``, ``ca_file``, ``job``,
@@ -74,11 +74,12 @@ def run_aggregator(**options: Any) -> int:
     ``metric``, ``model``, ``local_epochs``, ``batch_size``, ``lr``, ``momentum``, ``seed``,
     ``init_weights``, ``num_classes``, ``out``, ``round_timeout``, ``mode``, ``strategy``, ``mu``... .
     ``model``, ``metric``, ``batch_size`` and ``lr`` left out (None) take the task's defaults,
-    which its silos announce.
+    which its silos announce. ``stop``: a ``fedmq.stopping.StopFlag`` that ends the job cleanly when set
+    (the CLI installs one on SIGTERM/SIGINT).
     """
     from .aggregator.federation import run_aggregator as run
 
-    return run(aggregator_config(**options))
+    return run(aggregator_config(**options), stop=stop)
 
 
 def silo_config(*, silo: str, data: Path | str, broker: str = DEFAULT_BROKER, ca_file: Path | str | None = None,
@@ -102,13 +103,14 @@ def silo_config(*, silo: str, data: Path | str, broker: str = DEFAULT_BROKER, ca
                         **options)
 
 
-def run_silo(**options: Any) -> int:
+def run_silo(*, stop: Any = None, **options: Any) -> int:
     """Run a silo until its job ends; return the exit code.
 
     Options (keyword, as ``fedmq client --help`` lists them): ``silo``, ``data``, ``task`` (a registered
     name, ``module:Class`` or ``path/to/file.py:Class``; default: chosen from the data folder), ``broker``,
     ``ca_file``, ``job``, ``work_dir``, ``device``, ``signing_key``, ``nproc_per_node``, ``connect_timeout``.
+    ``stop``: as for ``run_aggregator``.
     """
     from .edge_client.silo import SiloClient
 
-    return SiloClient(silo_config(**options)).run()
+    return SiloClient(silo_config(**options), stop=stop).run()

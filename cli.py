@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .commands.config_file import config_option
+from .commands.config_file import SharedEnvOption, config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import MODELS, TASKS, defaults_help
 from .schemas.codecs.names import CODECS, DEFAULT_CODEC
 from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
+from .stopping import EXIT_STOPPED, StopFlag, Stopped
 
 log = logging.getLogger("fedmq")
 
@@ -38,22 +40,23 @@ class FedmqGroup(click.Group):
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             ctx.exit(2 if isinstance(exc, ConfigError) else 1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped):
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_STOPPED)
 
 
 def _broker_option(f: Any) -> Any:
     from .broker.url import BROKER_ENV, DEFAULT_BROKER
 
-    return click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
+    return click.option("--broker", cls=SharedEnvOption, shared_envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
                         help=f"MQTT broker URL, mqtt://[user:password@]host:port, mqtts:// for TLS (or ${BROKER_ENV}).")(f)
 
 
 def _ca_file_option(f: Any) -> Any:
     from .broker.url import CA_FILE_ENV
 
-    return click.option("--ca-file", envvar=CA_FILE_ENV, type=click.Path(path_type=Path, dir_okay=False),
+    return click.option("--ca-file", cls=SharedEnvOption, shared_envvar=CA_FILE_ENV,
+                        type=click.Path(path_type=Path, dir_okay=False),
                         help=f"With mqtts://: the CA that signed the broker's certificate, e.g. TLS_DIR/ca.crt "
                              f"(or ${CA_FILE_ENV}); default: the system's CAs.")(f)
 
@@ -71,7 +74,7 @@ def _job_option(f: Any) -> Any:
 def _db_option(f: Any) -> Any:
     from .store import DEFAULT_DB
 
-    return click.option("--db", default=DEFAULT_DB, show_default=True, envvar="FEDMQ_DB",
+    return click.option("--db", cls=SharedEnvOption, shared_envvar="FEDMQ_DB", default=DEFAULT_DB, show_default=True,
                         help="SQLAlchemy database URL (or $FEDMQ_DB).")(f)
 
 
@@ -85,7 +88,9 @@ def _check_task(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return check_task_name(value)
 
 
-@click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# auto_envvar_prefix: click reads every option from $FEDMQ_<COMMAND>_<OPTION> (commands/config_file.py).
+@click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110,
+                                               "auto_envvar_prefix": "FEDMQ"})
 @click.version_option(__version__, prog_name="fedmq")
 @config_option
 @click.option("--log-level", default="INFO", show_default=True,
@@ -113,18 +118,18 @@ def cli(log_level: str, log_file: Path | None) -> None:
 @click.option("--auth-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Require logins: make (once) or reuse credentials, an ACL and signing keys in this folder (Mosquitto only).")
 @click.option("--silos", default="", help="With --auth-dir: comma-separated silo names to add credentials and keys for.")
-@click.option("--job", "acl_job", default="+", show_default=True,
+@click.option("--job", default="+", show_default=True,
               help="With --auth-dir: confine every credential to this job's topics; '+': every job.")
 @click.option("--tls-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Listen with TLS only: make (once) or reuse a private CA (ca.crt, for clients) and a server certificate here.")
-def broker(host: str, port: int | None, embedded: bool, auth_dir: Path | None, silos: str, acl_job: str,
+def broker(host: str, port: int | None, embedded: bool, auth_dir: Path | None, silos: str, job: str,
            tls_dir: Path | None) -> None:
     """Run an MQTT broker in the foreground: Mosquitto when installed, else an embedded one."""
     from .broker.secure import prepare_security
     from .broker.server import run_broker
 
     port = port or (8883 if tls_dir else 1883)
-    security = prepare_security(host, port, auth_dir, silos=silos, job=acl_job, tls_dir=tls_dir)
+    security = prepare_security(host, port, auth_dir, silos=silos, job=job, tls_dir=tls_dir)
     if security.instructions:
         click.echo(security.instructions, err=True)
     sys.exit(run_broker(host, port, embedded=embedded, auth=security.auth, tls=security.tls))
@@ -143,16 +148,29 @@ def keys(auth_dir: Path, silos: str) -> None:
 
 
 # -- aggregator ------------------------------------------------------------------------------------
-STRATEGY_FIELDS = ("name", "trim", "krum_f", "krum_m", "clip_norm", "server_lr", "beta1", "beta2", "tau",
-                   "dp_clip", "dp_noise", "dp_delta")
+class RegisteredChoice(click.Choice):
+    """A choice among registered plug-in names, read from the installed metadata when first needed
+    (to check a value or show ``--help``), not when the command tree is built: ``fedmq --help`` reads none."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self._names()
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # click.Choice sets it in __init__; the registry is the source
 
 
 def _strategy_options(f: Any) -> Any:
-    from .aggregator.strategies.options import STRATEGY_NAMES
+    from .aggregator.strategies.options import strategy_names
 
     positive = click.FloatRange(0, min_open=True)
     options = [
-        click.option("--strategy", "name", default="fedavg", show_default=True, type=click.Choice(STRATEGY_NAMES),
+        click.option("--strategy", default="fedavg", show_default=True, type=RegisteredChoice(strategy_names),
                      help="How updates become the new model: fedavg; fedprox (with --mu); robust median, "
                           "trimmed-mean, krum, multi-krum; server optimisers fedadam, fedyogi, fedadagrad."),
         click.option("--mu", default=0.0, type=click.FloatRange(0), help="fedprox: the silos' proximal weight."),
@@ -226,16 +244,17 @@ def _strategy_options(f: Any) -> Any:
               help="How the silos encode their updates: " + "; ".join(f"{n}: {d}" for n, d in CODEC_HELP.items())
               + ". Models are always sent lossless.")
 @click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")
-@click.option("--keys", "keys_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--keys", type=click.Path(path_type=Path, file_okay=False),
               help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
 @_ca_file_option
 @_strategy_options
-def aggregator(task_option: tuple[str, ...], name: str, **options: Any) -> None:
+def aggregator(task_option: tuple[str, ...], keys: Path | None, **options: Any) -> None:
     """Publish a job, wait for --min-clients silos, run federated rounds, then tell the silos it finished."""
     from .api import run_aggregator
     from .schemas.task_options import parse_task_options
 
-    sys.exit(run_aggregator(strategy=name, task_options=parse_task_options(task_option), **options))
+    sys.exit(run_aggregator(task_options=parse_task_options(task_option), keys_dir=keys, stop=StopFlag().install(),
+                            **options))
 
 
 # -- client ----------------------------------------------------------------------------------------
@@ -253,7 +272,8 @@ def aggregator(task_option: tuple[str, ...], name: str, **options: Any) -> None:
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
 @click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
-@click.option("--signing-key", envvar="FEDMQ_SIGNING_KEY", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--signing-key", cls=SharedEnvOption, shared_envvar="FEDMQ_SIGNING_KEY",
+              type=click.Path(path_type=Path, dir_okay=False),
               help="This silo's Ed25519 private key (AUTH_DIR/keys/<silo>.key), for jobs run with --sign.")
 @click.option("--nproc-per-node", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Train each round on this many processes of this machine with torch DistributedDataParallel "
@@ -263,7 +283,7 @@ def client(**options: Any) -> None:
     """Run a silo: join the job, train on local data each round, answer test requests."""
     from .api import run_silo
 
-    sys.exit(run_silo(**options))
+    sys.exit(run_silo(stop=StopFlag().install(), **options))
 
 
 # -- history ---------------------------------------------------------------------------------------
@@ -271,19 +291,19 @@ def client(**options: Any) -> None:
 @_db_option
 @click.option("--job", default=None, callback=_check_job, help="The job whose rounds to show; default: list the jobs "
               "(or the only job's rounds when there is one).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array with one object per round (or the --round).")
-@click.option("--round", "round_number", type=click.IntRange(1),
+@click.option("--json", is_flag=True, help="Print JSON: an array with one object per round (or the --round).")
+@click.option("--round", type=click.IntRange(1),
               help="Show this round in detail: each silo's update (accepted or rejected, why) and evaluation.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+@click.option("--csv", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="Write the rounds as CSV to this file ('-': stdout), one row per round.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="Draw the rounds into this image (.png): metrics per round and per silo, silos per round.")
-def history(db: str, job: str | None, as_json: bool, round_number: int | None, csv_path: Path | None,
-            plot_path: Path | None) -> None:
+def history(db: str, job: str | None, json: bool, round: int | None, csv: Path | None,  # noqa: A002 (flag names)
+            plot: Path | None) -> None:
     """Show the rounds of a job as recorded in the store."""
     from .commands.history import print_history
 
-    print_history(db, job, as_json, round_number=round_number, csv_path=csv_path, plot_path=plot_path)
+    print_history(db, job, json, round_number=round, csv_path=csv, plot_path=plot)
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -294,31 +314,31 @@ def history(db: str, job: str | None, as_json: bool, round_number: int | None, c
               help="Seconds to collect the broker's retained messages.")
 @click.option("--connect-timeout", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to keep trying to reach the broker.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@click.option("--json", is_flag=True, help="Print JSON instead of a summary.")
 @_ca_file_option
-def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
+def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, json: bool) -> None:
     """Show a job live, from the broker: its spec, the silos online, the current round and its deadline."""
     from .broker.url import parse_broker_url
     from .commands.status import print_status
 
-    print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=as_json)
+    print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=json)
 
 
 # -- export ----------------------------------------------------------------------------------------
 @cli.command()
 @_db_option
 @_job_option
-@click.option("--round", "round_number", type=click.IntRange(0),
+@click.option("--round", type=click.IntRange(0),
               help="The round whose global model to export (0: the initial model); default the last completed.")
 @click.option("--out-dir", default=Path("fedmq-out"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
               help="The aggregator's --out: where the round checkpoints are.")
-@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The file to write: model.pt (torch.save of the state dict) or model.safetensors.")
-def export(db: str, job: str, round_number: int | None, out_dir: Path, out_file: Path) -> None:
+def export(db: str, job: str, round: int | None, out_dir: Path, out: Path) -> None:  # noqa: A002 (flag names)
     """Export a round's global model as a plain state dict, loadable with torchvision's own constructor."""
     from .commands.export import export_model
 
-    export_model(db, job, round_number, out_dir, out_file)
+    export_model(db, job, round, out_dir, out)
 
 
 # -- db --------------------------------------------------------------------------------------------
@@ -424,10 +444,12 @@ def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM shuts down like Ctrl-C: finally-blocks run, the store stays consistent
+    raise KeyboardInterrupt  # SIGTERM ends a short command like Ctrl-C: finally-blocks run
 
 
 def main() -> None:
+    # The long-running loops (aggregator, client) replace this with a stop flag they check between
+    # steps (stopping.py); the other commands are short, or (broker, demo) stop their children on it.
     signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="fedmq")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..extras import require_extra
 
 MAIN_METRICS = ("accuracy", "map", "map50")  # the first one the job reports is the headline
 LOSSES = (("loss", "test loss"), ("train_loss", "train loss"))
@@ -33,6 +34,7 @@ def main_metric(rounds: list[dict[str, Any]], metric: str | None = None) -> str 
 def plot_rounds(job: str, rounds: list[dict[str, Any]], path: Path, metric: str | None = None) -> Path:
     """Draw the rounds of ``job`` (``Store.history`` dicts) into ``path``; its suffix picks the format.
     ``metric``: the job's headline metric, drawn in the top panel."""
+    require_extra("matplotlib", "plot", "fedmq history --plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import FedmqError, TaskError
 from ..schemas import JobSpec
+from ..stopping import Stopped
 from .task import StepLogger, Task, TaskContext, _ignore_progress, _ignore_step
 
 log = logging.getLogger("fedmq.client")
@@ -38,7 +39,7 @@ def call_task(task: Task, phase: str, call: Callable[..., T], *args: Any) -> T:
     """``call(*args)``, with anything it raises turned into a ``TaskError`` naming the task and ``phase``."""
     try:
         return call(*args)
-    except TaskError:
+    except (TaskError, Stopped):  # Stopped: the silo's stop flag, raised at a batch boundary through ctx.log_step
         raise
     except FedmqError as exc:  # the task's own clear error (DataError, ConfigError): keep its words and hint
         raise TaskError(f"task {task.name} {phase}: {exc.message}", hint=exc.hint) from exc

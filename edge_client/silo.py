@@ -34,6 +34,7 @@ from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossles
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.messages import InitRequest, TaskFailure
 from ..schemas.signing import Signed, sign
+from ..stopping import EXIT_STOPPED, StopFlag, Stopped
 from .config import ClientConfig
 from .context import call_task, make_context
 from .device import pick_device
@@ -65,8 +66,10 @@ class RunState:
 
 
 class SiloClient:
-    def __init__(self, config: ClientConfig, connection: Connection | None = None) -> None:
+    def __init__(self, config: ClientConfig, connection: Connection | None = None, *, stop: StopFlag | None = None) -> None:
         self.cfg = config
+        # Set (by a signal): finish the step in hand, or the batch, and leave. (A StopFlag is falsy until set.)
+        self.stop = stop if stop is not None else StopFlag()
         self.topics = Topics(config.job)
         self.task_spec = config.task or task_for_folder(config.data)  # what --task names, or the folder's layout
         self.task: Task = open_task(config.data, self.task_spec)
@@ -86,7 +89,7 @@ class SiloClient:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve the job until it finishes. Returns the process exit code."""
+        """Serve the job until it finishes (0, or 1 if it failed), or until ``stop`` is set (130)."""
         self.conn.connect(self.cfg.connect_timeout)
         presence = self.topics.presence(self.cfg.silo)
         self._announce()
@@ -95,6 +98,9 @@ class SiloClient:
         try:
             self.trainer.start()
             while True:
+                if self.stop:
+                    log.info("silo %s stopping (%s); run the same command to rejoin", self.cfg.silo, self.stop.reason)
+                    return EXIT_STOPPED
                 state = self.run_state
                 keep_training = state is not None and state.async_target is not None and state.spec.status == "running"
                 incoming = self.conn.receive(timeout=0.0 if keep_training else 1.0)
@@ -108,6 +114,12 @@ class SiloClient:
                     code = self._handle(incoming)
                     if code is not None:
                         return code
+        except Stopped:
+            # Cut short at a batch boundary: the round's update is not sent; the aggregator asks the
+            # silo again (or goes on without it) when it rejoins.
+            log.info("silo %s stopped in the middle of its work (%s); run the same command to rejoin",
+                     self.cfg.silo, self.stop.reason)
+            return EXIT_STOPPED
         finally:
             self.trainer.close()
             try:  # say goodbye explicitly: the last will only fires on an unclean disconnect
@@ -273,6 +285,7 @@ class SiloClient:
                 parts = " ".join(f"{k}: {float(v):.6f}" for k, v in losses.items())
                 out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
                 bar.advance(note=f"epoch {epoch}, loss {float(losses.get('total_loss', float('nan'))):.4f}")
+                self.stop.check()  # a batch boundary: the one safe place to cut a round's training short
 
             try:
                 result = self.trainer.train(state.model, state.spec, self._context(state.spec, round_number,
@@ -319,7 +332,11 @@ class SiloClient:
             round_number = state.pending_tests.pop(digest)
             self._load(state, digest)
             with Progress(f"round {round_number}: evaluating", self.task.test_size(), "samples", log) as bar:
-                ctx = self._context(state.spec, round_number, eval_progress=bar.advance)
+                def advance(n: int = 1) -> None:
+                    bar.advance(n)
+                    self.stop.check()  # between evaluation batches
+
+                ctx = self._context(state.spec, round_number, eval_progress=advance)
                 try:
                     num_samples, metrics = check_eval_result(
                         self.task.name, call_task(self.task, "evaluate", self.task.evaluate, state.model, ctx))

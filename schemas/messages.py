@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from ..errors import ProtocolError
 from .codecs.names import CODECS
+from .limits import MAX_SILOS_LISTED
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
@@ -148,7 +149,7 @@ class ModelSync(_RunHeader):
     type: Literal["model"] = "model"
     version: Count
     train_round: Annotated[int, Field(ge=1)] | None
-    train_silos: Annotated[list[Name], Field(max_length=5_000)] | None = None
+    train_silos: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] | None = None
     payload: PayloadInfo
 
 
@@ -267,8 +268,8 @@ class RoundStatus(_RunHeader):
     type: Literal["status"] = "status"
     phase: Literal["waiting", "training", "evaluating", "finished"]
     round: Count
-    updates_in: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
-    waiting_for: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
+    updates_in: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] = Field(default_factory=list)
+    waiting_for: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] = Field(default_factory=list)
     deadline_unix: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     version: Count | None = None
     # The last round whose evaluation completed, and its sample-weighted metrics (any the task reports).

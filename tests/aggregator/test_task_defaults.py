@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmq.aggregator.config import AggregatorConfig
-from fedmq.aggregator.federation import Federation, SiloState
+from fedmq.aggregator.federation import Federation
+from fedmq.aggregator.silos import SiloState
 from fedmq.broker.url import BrokerUrl
 from fedmq.schemas.catalog import BUILTIN_DEFAULTS
 from fedmq.schemas.messages import TaskDefaults
@@ -19,7 +20,8 @@ def federation(tmp_path: Path, **options: object) -> Federation:
                               out=tmp_path, **options)
     fed = Federation(config, Store(config.db))
     fed.spec = fed._new_spec()
-    fed.silos = {"a": SiloState(True, "detection", ["cat"], DETECTION), "b": SiloState(True, "detection", ["dog"], DETECTION)}
+    fed.registry.silos = {"a": SiloState(True, "detection", ["cat"], DETECTION),
+                          "b": SiloState(True, "detection", ["dog"], DETECTION)}
     return fed
 
 
