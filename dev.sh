@@ -25,8 +25,16 @@ setup_mosquitto() {
     else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto >/dev/null; fi
 }
 
+setup_datasets() {
+    # examples/fashion_mnist and its tests read the real data set, as the Debian package installs it
+    if [ -e /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz ]; then return; fi
+    echo "installing dataset-fashion-mnist (examples/fashion_mnist reads it) ..." >&2
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+}
+
 case "${1:-}" in
     demo) shift; setup_venv; exec .venv/bin/fedmq demo "$@" ;;
-    test) shift; setup_venv; setup_mosquitto; exec .venv/bin/python -m pytest "$@" ;;
+    test) shift; setup_venv; setup_mosquitto; setup_datasets; exec .venv/bin/python -m pytest "$@" ;;
     *) echo "usage: ./dev.sh demo [OPTIONS] | ./dev.sh test [PYTEST ARGS]" >&2; exit 2 ;;
 esac

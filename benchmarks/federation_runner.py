@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,28 @@ class Finished:
         return self.checkpoints[-1]
 
 
+def _wait_showing_rounds(aggregator: subprocess.Popen, log: Path, timeout: float, every: float = 30.0) -> int:
+    """Wait for the aggregator; every ``every`` seconds, show on stderr its log's last line about a round."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while True:
+        try:
+            return aggregator.wait(timeout=max(0.1, min(every, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        rounds = [line for line in log.read_text(errors="replace").splitlines() if " round " in line]
+        if rounds and rounds[-1] != shown:
+            shown = rounds[-1]
+            print(f"[{time.strftime('%H:%M:%S')}] {log.parent.name}: {shown.split(': ', 1)[-1]}", file=sys.stderr, flush=True)
+
+
 def run_federation(work: Path, silos: list[Path], broker: str, job: str, aggregator_args: list[str],
-                   timeout: float = 900.0) -> Finished:
-    """Run the job to its end (each silo ``silo-i`` on ``silos[i]``); raise with the log tail if it fails."""
+                   timeout: float = 900.0, client_args: list[str] = (), env: dict[str, str] | None = None) -> Finished:
+    """Run the job to its end (each silo ``silo-i`` on ``silos[i]``, with ``client_args`` added, say a
+    ``--task``); raise with the log tail if it fails. ``env`` adds to the processes' environment."""
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "FEDMQ_BROKER": broker}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "FEDMQ_BROKER": broker, **(env or {})}
     db = f"sqlite:///{work / 'fedmq.db'}"
     out = work / "out"
     logs, procs = [], []
@@ -40,9 +58,9 @@ def run_federation(work: Path, silos: list[Path], broker: str, job: str, aggrega
         for i, data in enumerate(silos):
             logs.append(open(work / f"silo{i}.log", "wb"))
             procs.append(subprocess.Popen(fedmq("client", "--job", job, "--silo", f"silo-{i}", "--data", str(data),
-                                                "--work-dir", str(work / f"w{i}")),
+                                                "--work-dir", str(work / f"w{i}"), *client_args),
                                           stdout=logs[-1], stderr=subprocess.STDOUT, env=env))
-        code = aggregator.wait(timeout=timeout)
+        code = _wait_showing_rounds(aggregator, work / "aggregator.log", timeout)
         if code != 0:
             raise RuntimeError(f"the aggregator exited {code}:\n{(work / 'aggregator.log').read_text()[-3000:]}")
         for p in procs:
