@@ -27,6 +27,8 @@ setup_mosquitto() {
 
 case "${1:-}" in
     demo) shift; setup_venv; exec .venv/bin/fedmq demo "$@" ;;
-    test) shift; setup_venv; setup_mosquitto; exec .venv/bin/python -m pytest "$@" ;;
+    # Every core (-n auto; a later -n 0 runs in one process). loadgroup hands a worker its next test when it
+    # has 2 left (xdist's default, load, hands out long runs of tests, and one core may end up alone).
+    test) shift; setup_venv; setup_mosquitto; exec .venv/bin/python -m pytest -n auto --dist loadgroup "$@" ;;
     *) echo "usage: ./dev.sh demo [OPTIONS] | ./dev.sh test [PYTEST ARGS]" >&2; exit 2 ;;
 esac

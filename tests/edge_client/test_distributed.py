@@ -54,6 +54,14 @@ def _wait_for_worker_pids(log: Path, proc: subprocess.Popen, timeout: float) -> 
     pytest.fail("the silo started no worker:\n" + log.read_text()[-3000:])
 
 
+def _serving(pid: int) -> bool:
+    """Blocked reading its stdin, where rank 0 writes each round: a worker past its start."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
@@ -143,6 +151,7 @@ def _history(fedmq, tmp: Path, job: str) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_a_silo_on_two_processes_counts_as_one(fedmq, mosquitto, tmp_path: Path) -> None:
     """The same federation twice at once, on the same data: every silo on one process, and s0 on two."""
     data = tmp_path / "D"
@@ -187,8 +196,11 @@ def test_workers_leave_with_a_killed_silo(fedmq, mosquitto, tmp_path: Path) -> N
                        "--nproc-per-node", "3", log=log)
     try:
         workers = _wait_for_worker_pids(log, silo, timeout=60)
-        time.sleep(1.0)  # let them get past their start
-        assert all(_alive(pid) for pid in workers)
+        deadline = time.monotonic() + 60
+        while not all(_serving(pid) for pid in workers):  # past their start: importing torch, reading the data
+            assert all(_alive(pid) for pid in workers) and silo.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the workers did not start serving:\n" + log.read_text()[-3000:]
+            time.sleep(0.1)
     finally:
         silo.kill()
         silo.wait(timeout=10)
