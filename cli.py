@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .commands.config_file import config_option
+from .commands.config_file import SharedEnvOption, config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import DEFAULT_MODEL, MODELS, TASKS, check_model
 from .schemas.codecs.names import CODECS, DEFAULT_CODEC
 from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
+from .stopping import EXIT_STOPPED, StopFlag, Stopped
 
 log = logging.getLogger("fedmq")
 
@@ -38,22 +40,23 @@ class FedmqGroup(click.Group):
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             ctx.exit(2 if isinstance(exc, ConfigError) else 1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped):
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_STOPPED)
 
 
 def _broker_option(f: Any) -> Any:
     from .broker.url import BROKER_ENV, DEFAULT_BROKER
 
-    return click.option("--broker", envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
+    return click.option("--broker", cls=SharedEnvOption, shared_envvar=BROKER_ENV, default=DEFAULT_BROKER, show_default=True,
                         help=f"MQTT broker URL, mqtt://[user:password@]host:port, mqtts:// for TLS (or ${BROKER_ENV}).")(f)
 
 
 def _ca_file_option(f: Any) -> Any:
     from .broker.url import CA_FILE_ENV
 
-    return click.option("--ca-file", envvar=CA_FILE_ENV, type=click.Path(path_type=Path, dir_okay=False),
+    return click.option("--ca-file", cls=SharedEnvOption, shared_envvar=CA_FILE_ENV,
+                        type=click.Path(path_type=Path, dir_okay=False),
                         help=f"With mqtts://: the CA that signed the broker's certificate, e.g. TLS_DIR/ca.crt "
                              f"(or ${CA_FILE_ENV}); default: the system's CAs.")(f)
 
@@ -71,7 +74,7 @@ def _job_option(f: Any) -> Any:
 def _db_option(f: Any) -> Any:
     from .store import DEFAULT_DB
 
-    return click.option("--db", default=DEFAULT_DB, show_default=True, envvar="FEDMQ_DB",
+    return click.option("--db", cls=SharedEnvOption, shared_envvar="FEDMQ_DB", default=DEFAULT_DB, show_default=True,
                         help="SQLAlchemy database URL (or $FEDMQ_DB).")(f)
 
 
@@ -79,7 +82,9 @@ def _check_job(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return None if value is None else check_name("job", value)
 
 
-@click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# auto_envvar_prefix: click reads every option from $FEDMQ_<COMMAND>_<OPTION> (commands/config_file.py).
+@click.group(cls=FedmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110,
+                                               "auto_envvar_prefix": "FEDMQ"})
 @click.version_option(__version__, prog_name="fedmq")
 @config_option
 @click.option("--log-level", default="INFO", show_default=True,
@@ -107,18 +112,18 @@ def cli(log_level: str, log_file: Path | None) -> None:
 @click.option("--auth-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Require logins: make (once) or reuse credentials, an ACL and signing keys in this folder (Mosquitto only).")
 @click.option("--silos", default="", help="With --auth-dir: comma-separated silo names to add credentials and keys for.")
-@click.option("--job", "acl_job", default="+", show_default=True,
+@click.option("--job", default="+", show_default=True,
               help="With --auth-dir: confine every credential to this job's topics; '+': every job.")
 @click.option("--tls-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Listen with TLS only: make (once) or reuse a private CA (ca.crt, for clients) and a server certificate here.")
-def broker(host: str, port: int | None, embedded: bool, auth_dir: Path | None, silos: str, acl_job: str,
+def broker(host: str, port: int | None, embedded: bool, auth_dir: Path | None, silos: str, job: str,
            tls_dir: Path | None) -> None:
     """Run an MQTT broker in the foreground: Mosquitto when installed, else an embedded one."""
     from .broker.secure import prepare_security
     from .broker.server import run_broker
 
     port = port or (8883 if tls_dir else 1883)
-    security = prepare_security(host, port, auth_dir, silos=silos, job=acl_job, tls_dir=tls_dir)
+    security = prepare_security(host, port, auth_dir, silos=silos, job=job, tls_dir=tls_dir)
     if security.instructions:
         click.echo(security.instructions, err=True)
     sys.exit(run_broker(host, port, embedded=embedded, auth=security.auth, tls=security.tls))
@@ -137,16 +142,33 @@ def keys(auth_dir: Path, silos: str) -> None:
 
 
 # -- aggregator ------------------------------------------------------------------------------------
-STRATEGY_FIELDS = ("name", "trim", "krum_f", "krum_m", "clip_norm", "server_lr", "beta1", "beta2", "tau",
+STRATEGY_FIELDS = ("strategy", "trim", "krum_f", "krum_m", "clip_norm", "server_lr", "beta1", "beta2", "tau",
                    "dp_clip", "dp_noise", "dp_delta")
 
 
+class RegisteredChoice(click.Choice):
+    """A choice among registered plug-in names, read from the installed metadata when first needed
+    (to check a value or show ``--help``), not when the command tree is built: ``fedmq --help`` reads none."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self._names()
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # click.Choice sets it in __init__; the registry is the source
+
+
 def _strategy_options(f: Any) -> Any:
-    from .aggregator.strategies.options import STRATEGY_NAMES
+    from .aggregator.strategies.options import strategy_names
 
     positive = click.FloatRange(0, min_open=True)
     options = [
-        click.option("--strategy", "name", default="fedavg", show_default=True, type=click.Choice(STRATEGY_NAMES),
+        click.option("--strategy", default="fedavg", show_default=True, type=RegisteredChoice(strategy_names),
                      help="How updates become the new model: fedavg; fedprox (with --mu); robust median, "
                           "trimmed-mean, krum, multi-krum; server optimisers fedadam, fedyogi, fedadagrad."),
         click.option("--mu", default=0.0, type=click.FloatRange(0), help="fedprox: the silos' proximal weight."),
@@ -211,7 +233,7 @@ def _strategy_options(f: Any) -> Any:
               help="How the silos encode their updates: " + "; ".join(f"{n}: {d}" for n, d in CODEC_HELP.items())
               + ". Models are always sent lossless.")
 @click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")
-@click.option("--keys", "keys_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--keys", type=click.Path(path_type=Path, file_okay=False),
               help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
 @_ca_file_option
 @_strategy_options
@@ -226,10 +248,10 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
         batch_size = 4  # detection images are large: a classification-sized default batch would not fit
     from .aggregator.strategies import StrategyOptions
 
-    strategy = StrategyOptions(**{name: options.pop(name) for name in STRATEGY_FIELDS})
+    strategy = StrategyOptions(**{"name" if name == "strategy" else name: options.pop(name) for name in STRATEGY_FIELDS})
     config = AggregatorConfig(broker=parse_broker_url(broker, ca_file), task=task, model=model, batch_size=batch_size,
-                              strategy=strategy, **options)
-    sys.exit(run_aggregator(config))
+                              strategy=strategy, keys_dir=options.pop("keys"), **options)
+    sys.exit(run_aggregator(config, stop=StopFlag().install()))
 
 
 # -- client ----------------------------------------------------------------------------------------
@@ -243,7 +265,8 @@ def aggregator(broker: str, ca_file: Path | None, task: str, model: str | None, 
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the loss log and received models go; default .fedmq/<job>/<silo>.")
 @click.option("--device", default="auto", show_default=True, help="Where to train: auto (a GPU if any), cpu, cuda, cuda:N.")
-@click.option("--signing-key", envvar="FEDMQ_SIGNING_KEY", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--signing-key", cls=SharedEnvOption, shared_envvar="FEDMQ_SIGNING_KEY",
+              type=click.Path(path_type=Path, dir_okay=False),
               help="This silo's Ed25519 private key (AUTH_DIR/keys/<silo>.key), for jobs run with --sign.")
 @click.option("--nproc-per-node", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Train each round on this many processes of this machine with torch DistributedDataParallel "
@@ -258,7 +281,7 @@ def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, 
     config = ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=data, job=job,
                           work_dir=work_dir, connect_timeout=connect_timeout, device=device,
                           signing_key=signing_key, nproc_per_node=nproc_per_node)
-    sys.exit(SiloClient(config).run())
+    sys.exit(SiloClient(config, stop=StopFlag().install()).run())
 
 
 # -- history ---------------------------------------------------------------------------------------
@@ -266,19 +289,19 @@ def client(broker: str, ca_file: Path | None, connect_timeout: float, job: str, 
 @_db_option
 @click.option("--job", default=None, callback=_check_job, help="The job whose rounds to show; default: list the jobs "
               "(or the only job's rounds when there is one).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array with one object per round (or the --round).")
-@click.option("--round", "round_number", type=click.IntRange(1),
+@click.option("--json", is_flag=True, help="Print JSON: an array with one object per round (or the --round).")
+@click.option("--round", type=click.IntRange(1),
               help="Show this round in detail: each silo's update (accepted or rejected, why) and evaluation.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+@click.option("--csv", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="Write the rounds as CSV to this file ('-': stdout), one row per round.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="Draw the rounds into this image (.png): metrics per round and per silo, silos per round.")
-def history(db: str, job: str | None, as_json: bool, round_number: int | None, csv_path: Path | None,
-            plot_path: Path | None) -> None:
+def history(db: str, job: str | None, json: bool, round: int | None, csv: Path | None,  # noqa: A002 (flag names)
+            plot: Path | None) -> None:
     """Show the rounds of a job as recorded in the store."""
     from .commands.history import print_history
 
-    print_history(db, job, as_json, round_number=round_number, csv_path=csv_path, plot_path=plot_path)
+    print_history(db, job, json, round_number=round, csv_path=csv, plot_path=plot)
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -289,31 +312,54 @@ def history(db: str, job: str | None, as_json: bool, round_number: int | None, c
               help="Seconds to collect the broker's retained messages.")
 @click.option("--connect-timeout", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to keep trying to reach the broker.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@click.option("--json", is_flag=True, help="Print JSON instead of a summary.")
 @_ca_file_option
-def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
+def status(broker: str, ca_file: Path | None, job: str, timeout: float, connect_timeout: float, json: bool) -> None:
     """Show a job live, from the broker: its spec, the silos online, the current round and its deadline."""
     from .broker.url import parse_broker_url
     from .commands.status import print_status
 
-    print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=as_json)
+    print_status(parse_broker_url(broker, ca_file), job, timeout=timeout, connect_timeout=connect_timeout, as_json=json)
+
+
+# -- dashboard -------------------------------------------------------------------------------------
+@cli.command()
+@_db_option
+@click.option("--broker", cls=SharedEnvOption, shared_envvar="FEDMQ_BROKER", default=None,
+              help="MQTT broker URL to watch live (or $FEDMQ_BROKER); it needs a login that may read every job's "
+                   "init, status and presence topics (the aggregator's). Without it: the store alone.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any other than 127.0.0.1, ::1 or localhost needs a token.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", help="Require this bearer token on every request (or $FEDMQ_DASHBOARD_TOKEN); 16+ characters.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the token from the first line of this file instead (keeps it out of the process list).")
+@_ca_file_option
+def dashboard(db: str, broker: str | None, host: str, port: int, token: str | None, token_file: Path | None,
+              ca_file: Path | None) -> None:
+    """Serve a read-only web dashboard of the store's jobs, live from the broker, with Prometheus /metrics."""
+    from .broker.url import parse_broker_url
+    from .dashboard.server import read_token, run_dashboard
+
+    run_dashboard(db, parse_broker_url(broker, ca_file) if broker else None, host=host, port=port,
+                  token=read_token(token, token_file))
 
 
 # -- export ----------------------------------------------------------------------------------------
 @cli.command()
 @_db_option
 @_job_option
-@click.option("--round", "round_number", type=click.IntRange(0),
+@click.option("--round", type=click.IntRange(0),
               help="The round whose global model to export (0: the initial model); default the last completed.")
 @click.option("--out-dir", default=Path("fedmq-out"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
               help="The aggregator's --out: where the round checkpoints are.")
-@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The file to write: model.pt (torch.save of the state dict) or model.safetensors.")
-def export(db: str, job: str, round_number: int | None, out_dir: Path, out_file: Path) -> None:
+def export(db: str, job: str, round: int | None, out_dir: Path, out: Path) -> None:  # noqa: A002 (flag names)
     """Export a round's global model as a plain state dict, loadable with torchvision's own constructor."""
     from .commands.export import export_model
 
-    export_model(db, job, round_number, out_dir, out_file)
+    export_model(db, job, round, out_dir, out)
 
 
 # -- db --------------------------------------------------------------------------------------------
@@ -411,18 +457,22 @@ def data_split_coco(annotations: Path, images: Path, silos: int, out: Path, test
 @click.option("--silos", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               help="Keep data, logs, store and checkpoints here (default: a new temporary folder).")
-def demo(task: str, rounds: int, silos: int, workdir: Path | None) -> None:
+@click.option("--dashboard", "open_dashboard", is_flag=True,
+              help="Open the demo's dashboard in a web browser, and keep it running after the job until Ctrl-C.")
+def demo(task: str, rounds: int, silos: int, workdir: Path | None, open_dashboard: bool) -> None:
     """Run a whole federation on this machine: a broker, an aggregator and silos on synthetic data."""
     from .commands.demo import run_demo
 
-    sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir))
+    sys.exit(run_demo(task=task, rounds=rounds, silos=silos, workdir=workdir, open_dashboard=open_dashboard))
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM shuts down like Ctrl-C: finally-blocks run, the store stays consistent
+    raise KeyboardInterrupt  # SIGTERM ends a short command like Ctrl-C: finally-blocks run
 
 
 def main() -> None:
+    # The long-running loops (aggregator, client) replace this with a stop flag they check between
+    # steps (stopping.py); the other commands are short, or (broker, demo) stop their children on it.
     signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="fedmq")
 

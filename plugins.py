@@ -61,7 +61,7 @@ def load(group: str, spec: str, *, what: str) -> Any:
             close = difflib.get_close_matches(spec, list(points), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"unknown {what} {spec!r}",
-                              hint=f"{guess}registered {what}s: {', '.join(sorted(points)) or 'none'}; "
+                              hint=f"{guess}registered: {', '.join(sorted(points)) or 'none'}; "
                                    f"or give an import path, module:Name or path/to/file.py:Name")
         return _guarded(lambda: points[spec].load(), spec, what)
     module_name, _, attribute = spec.rpartition(":")

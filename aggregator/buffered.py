@@ -1,4 +1,4 @@
-"""Buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022).
+"""Buffered asynchronous aggregation (``--mode async``; FedBuff, Nguyen et al. 2022) as a round policy.
 
 Silos train continuously on whatever global model they hold and send each update as it is done.
 The aggregator folds every ``buffer_size`` updates into a new model version:
@@ -8,6 +8,9 @@ The aggregator folds every ``buffer_size`` updates into a new model version:
 where ``base_i`` is the version the silo trained from and the staleness ``s_i`` is how many
 versions the global model moved on since. Updates staler than ``max_staleness`` are rejected.
 The bases of the last ``max_staleness + 1`` versions are kept in memory to form the deltas.
+An update counts once: the payload digests of the updates counted are kept as long as their base
+can still be admitted, so a copy that arrives after its buffer closed (a re-send after a reconnect)
+is refused as a duplicate instead of being folded into the next version.
 ``--rounds`` counts versions; history records each contribution's base version and staleness.
 """
 
@@ -18,10 +21,10 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UpdateRejected
-from ..schemas import Received, Update
-from ..schemas.codec import decode_state
-from .checks import check_tensors
-from .federation import Federation, GlobalModel
+from ..schemas import Update
+from .config import AggregatorConfig
+from .model import GlobalModel
+from .policy import Admission
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -33,15 +36,15 @@ def staleness_weight(staleness: int) -> float:
 
 @dataclass
 class Buffer:
-    """Updates gathered for the next version. Quacks like a RoundBook where the federation asks."""
+    """The updates gathered for the next version: the ``OpenRound`` of async mode."""
 
     number: int  # the version these updates will make
     waiting: set[str]  # in async mode every online silo is training
     contributions: list[tuple[str, int, int]] = field(default_factory=list)  # (silo, base version, staleness)
-    seen: set[str] = field(default_factory=set)  # payload digests, so a resent update counts once
     num_samples: int = 0
     loss_sum: float = 0.0
     loss_samples: int = 0
+    deadline: float | None = None  # a buffer closes on a count, never on a time
 
     @property
     def train_loss(self) -> float | None:
@@ -59,66 +62,72 @@ class Buffer:
         self.waiting.discard(silo)
 
 
-class BufferedFederation(Federation):
-    """The federation of ``--mode async``: versions instead of synchronous rounds."""
+class BufferedRounds:
+    """The ``RoundPolicy`` of ``--mode async``: versions instead of synchronous rounds."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    mode = "async"
+    samples = False  # every silo trains all the time: there is nobody to sample
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.buffer_size = config.buffer_size
+        self.max_staleness = config.max_staleness
+        self.rounds = config.rounds
+        self.current: Buffer | None = None
         self.bases: dict[str, GlobalModel] = {}  # digest -> a recent version
+        self.counted: dict[str, int] = {}  # payload digest of each update counted -> its base version
+        self._model: GlobalModel | None = None  # the newest version: staleness counts from it
+        self._finished = False
 
     def _remember(self, model: GlobalModel) -> None:
         self.bases[model.digest] = model
-        oldest = model.version - self.cfg.max_staleness
+        oldest = model.version - self.max_staleness
         self.bases = {d: m for d, m in self.bases.items() if m.version >= oldest}
+        # an update on an older base is refused as too stale anyway: its digest need not be kept
+        self.counted = {d: v for d, v in self.counted.items() if v >= oldest}
 
-    def _open_round(self, now: float) -> None:
-        number = self.next_round
-        self._remember(self.global_model)
-        self.round_id = self.store.open_round(self.job_id, number)
-        self.round = Buffer(number=number, waiting=self._eligible())
-        self.strategy.begin(self.global_model.state)
-        if self.announced is None or self.announced[0] != number:
-            self.announced = (number, set(self.round.waiting), False)
-            self._send_model(self.topics.model, number)
-        log.info("version %d/%d: collecting %d update(s) (model v%d out)", number, self.spec.rounds,
-                 self.cfg.buffer_size, self.global_model.version)
+    def open(self, number: int, model: GlobalModel, *, asked: set[str], sampled: bool, min_clients: int,
+             now: float) -> Buffer:
+        self._model = model
+        self._remember(model)
+        self.current = Buffer(number=number, waiting=asked)
+        log.info("version %d/%d: collecting %d update(s) (model v%d out)", number, self.rounds, self.buffer_size,
+                 model.version)
+        return self.current
 
-    def _on_update(self, update: Update, payload: Received) -> None:
-        buffer = self.round
+    def admit(self, update: Update) -> Admission:
+        buffer = self.current
         if buffer is None:
-            raise UpdateRejected("the job has made all its model versions" if self.finishing
+            raise UpdateRejected("the job has made all its model versions" if self._finished
                                  else "no model version is being collected yet")
         base = self.bases.get(update.base_digest or "")
         if base is None:
-            raise UpdateRejected(f"trained from a model older than the last {self.cfg.max_staleness + 1} versions "
+            raise UpdateRejected(f"trained from a model older than the last {self.max_staleness + 1} versions "
                                  "or never sent (too stale or unknown)")
-        staleness = self.global_model.version - base.version
-        if update.payload.sha256 in buffer.seen:
-            raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again)")
+        staleness = self._model.version - base.version
+        if update.payload.sha256 in self.counted:
+            raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again, already counted "
+                                 f"from base v{self.counted[update.payload.sha256]})")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
-        state = decode_state(payload, update.payload.codec, self.cfg.max_update_bytes, base=base.base)
-        check_tensors(state, base.state)
-        self.strategy.add(state, update.num_samples * staleness_weight(staleness), base=base.state, silo=update.silo,
-                          consume=True)
-        buffer.seen.add(update.payload.sha256)
-        buffer.contributions.append((update.silo, base.version, staleness))
+        return Admission(base=base, weight=update.num_samples * staleness_weight(staleness), staleness=staleness)
+
+    def count(self, update: Update, admission: Admission) -> None:
+        buffer = self.current
+        self.counted[update.payload.sha256] = admission.base.version
+        buffer.contributions.append((update.silo, admission.base.version, admission.staleness))
         buffer.num_samples += update.num_samples
         if update.train_loss is not None:
             buffer.loss_sum += update.train_loss * update.num_samples
             buffer.loss_samples += update.num_samples
-        self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
-                                 num_samples=update.num_samples, train_loss=update.train_loss,
-                                 train_seconds=update.train_seconds, size=len(payload),
-                                 base_version=base.version, staleness=staleness)
         log.info("version %d: update from %s (base v%d, staleness %d) [%d of %d]", buffer.number, update.silo,
-                 base.version, staleness, len(buffer.contributions), self.cfg.buffer_size)
+                 admission.base.version, admission.staleness, len(buffer.contributions), self.buffer_size)
 
-    def _maybe_close_round(self, now: float) -> None:
-        if len(self.round.contributions) >= self.cfg.buffer_size:
-            self._aggregate(self.round, now)
+    def ready(self, now: float) -> bool:
+        return len(self.current.contributions) >= self.buffer_size
 
-    def _aggregate(self, current: Buffer, now: float) -> None:
-        super()._aggregate(current, now)
-        if not self.finishing:
-            self._open_round(now)  # at once: silos keep sending, and none of it should find no buffer open
+    def overdue(self, now: float, rejected: dict[str, str]) -> None:
+        pass  # a buffer has no deadline: it waits for its updates, however long they take
+
+    def closed(self, last: bool) -> None:
+        self.current = None
+        self._finished = last

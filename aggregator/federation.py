@@ -2,10 +2,15 @@
 
 One thread handles everything in order: messages from the inbox (presence, updates, results)
 and, between them, the deadlines. A round is opened, the global model sent, accepted updates
-folded into the strategy as they arrive; when every silo it waits for has answered (or the
-deadline passes with at least ``min_clients`` updates), the round is aggregated, checkpointed,
-and the new model sent with a test request. The silos evaluate it before they train on it, so
-the evaluation of round r overlaps the training of round r+1.
+folded into the strategy as they arrive; when the round policy says the round is done, it is
+aggregated, checkpointed, and the new model sent with a test request. The silos evaluate it
+before they train on it, so the evaluation of round r overlaps the training of round r+1.
+
+``Federation`` is the loop that ties the aggregator's parts together (see policy.py for the split):
+``AggregatorLink`` (transport), ``SiloRegistry`` (who is online), a ``RoundPolicy`` (sync rounds or
+FedBuff versions, by ``--mode``), ``JobRecord`` (the store) and the ``Strategy``. It owns what is
+the same in every mode: the job, the global model, the one admission path of updates, aggregation
+and evaluation, and the round status.
 
 The aggregator handles named tensors only; it never imports model code.
 """
@@ -15,136 +20,104 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..broker.connection import Connection, Refused
 from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
-from ..schemas import (
-    DEFAULT_CODEC,
-    Envelope,
-    JobSpec,
-    ModelSync,
-    PayloadInfo,
-    Presence,
-    Received,
-    TestRequest,
-    TestResult,
-    Topics,
-    Update,
-)
+from ..schemas import Envelope, JobSpec, Presence, Received, TestResult, Update
 from ..schemas.catalog import check_model
-from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex
-from ..schemas.messages import InitRequest, RoundStatus
+from ..schemas.codec import StateDict, decode_state
+from ..schemas.limits import MAX_SILOS_LISTED
+from ..schemas.messages import RoundStatus
 from ..schemas.signing import verify
+from ..stopping import EXIT_STOPPED, StopFlag
 from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
 from .checks import check_finite, check_tensors, update_size_limit
 from .config import AggregatorConfig
-from .rounds import RoundBook, sample_silos
+from .evaluation import PendingEvaluation, weighted_metrics
+from .model import GlobalModel
+from .modes import make_policy
+from .policy import OpenRound, RoundPolicy
+from .recording import JobRecord
+from .resources import peak_memory_bytes
+from .rounds import sample_silos
+from .silos import Change, SiloRegistry
 from .strategies import Strategy, make_strategy
+from .transport import AggregatorLink
 
 log = logging.getLogger("fedmq.aggregator")
 
 TICK_S = 0.5
 INIT_TIMEOUT_S = 300.0
-WAITING_LOG_EVERY_S = 30.0
 # What of a strategy's report goes into the round's metrics (the rest is logged only).
 RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "dp_delta", "dp_noise_std",
                         "dp_noise_multiplier")
-STATUS_TIMEOUT_S = 2.0  # the status is best effort: never hold the loop long for it
-
-
-@dataclass
-class GlobalModel:
-    """One version of the global model, encoded once and sent as often as needed."""
-
-    version: int
-    state: StateDict
-    payload: bytes
-    digest: str
-    codec: str = DEFAULT_CODEC
-
-    @classmethod
-    def of(cls, version: int, state: StateDict, codec: str) -> GlobalModel:
-        """Encode with the job's codec if it is lossless, else the default: a model is always sent exactly."""
-        codec = lossless_codec(codec)
-        payload = encode_state(state, codec)
-        return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload), codec=codec)
-
-    @property
-    def base(self) -> Base:
-        """What an update trained from this model is decoded against (lossy codecs send only the change)."""
-        return Base(self.state, self.digest)
-
-
-@dataclass
-class PendingEvaluation:
-    number: int
-    round_id: int
-    digest: str
-    deadline: float
-    waiting: set[str]
-    results: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)  # train loss and the strategy's figures
-
-
-@dataclass
-class SiloState:
-    online: bool
-    task: str | None = None
-    labels: list[str] | None = None
 
 
 class Federation:
-    def __init__(self, config: AggregatorConfig, store: Store, connection: Connection | None = None) -> None:
+    def __init__(self, config: AggregatorConfig, store: Store, connection: Connection | None = None, *,
+                 policy: RoundPolicy | None = None, stop: StopFlag | None = None) -> None:
         check_model(config.task, config.model)
         self.cfg = config
         self.store = store
-        self.topics = Topics(config.job)
         self.run_id = uuid.uuid4().hex
-        self.conn = connection or Connection(
-            config.broker, name=f"fedmq-aggregator-{config.job}",
-            subscriptions=self.topics.aggregator_subscriptions(), max_message_bytes=config.max_update_bytes,
-            stall_timeout=config.stall_timeout,
-        )
+        self.link = AggregatorLink(config, self.run_id, connection)
+        self.conn = self.link.conn
+        self.topics = self.link.topics
+        self.record = JobRecord(store)
         check_strategy(config)
         self.strategy: Strategy = make_strategy(config.strategy)
-        self.silos: dict[str, SiloState] = {}
+        self.policy: RoundPolicy = policy or make_policy(config)
+        self.stop = stop if stop is not None else StopFlag()  # (a StopFlag is falsy until set)
+        if config.sign and config.keys_dir is None:
+            raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
+        self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key
+        self.registry = SiloRegistry(config.task, self.keys, config.keys_dir)
         self.spec: JobSpec | None = None
-        self.job_id = 0
         self.global_model: GlobalModel | None = None
         self.next_round = 1
-        self.round: RoundBook | None = None
-        self.round_id = 0
         self.evaluations: dict[int, PendingEvaluation] = {}
         self.init_silo: str | None = None
         self.init_deadline = 0.0
         self.finishing = False
         self.announced: tuple[int, set[str], bool] | None = None  # (round, silos asked, sampled) of the last broadcast
-        self._last_wait_log = 0.0
         self._rejected_in_round: dict[str, str] = {}  # silo -> its last rejection's reason, for the waiting log
         self._last_status: RoundStatus | None = None
+        self._status_truncated = False
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
-        if config.sign and config.keys_dir is None:
-            raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
         self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
-        self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key
+
+    @property
+    def round(self) -> OpenRound | None:
+        """The open round (async: the model version being collected), None between rounds."""
+        return self.policy.current
+
+    @property
+    def job_id(self) -> int:
+        return self.record.job_id
+
+    @property
+    def round_id(self) -> int:
+        return self.record.round_id
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        """Run the job to its end. Returns the process exit code."""
+        """Run the job to its end (0), or until ``stop`` is set (130, the job marked interrupted)."""
         self._load_or_create_job()
-        self.conn.connect(self.cfg.connect_timeout)
-        self.conn.set_retained(self.topics.init, self.spec)
+        self.link.connect(self.cfg.connect_timeout)
+        self.link.publish_spec(self.spec)
         log.info("job %r published on %s; waiting for %d silo(s) on %s",
                  self.cfg.job, self.topics.init, self.cfg.min_clients, self.cfg.broker)
         try:
             while not (self.finishing and not self.evaluations):
+                if self.stop:
+                    self._mark_interrupted()
+                    return EXIT_STOPPED
                 self._tick(time.monotonic())
                 self._publish_status()
-                incoming = self.conn.receive(timeout=TICK_S)
+                incoming = self.link.receive(timeout=TICK_S)
                 if incoming is not None:
                     self._dispatch(incoming)
                     self._publish_status()
@@ -158,13 +131,18 @@ class Federation:
             # The job cannot go on as configured: tell the silos, so they stop waiting.
             self._set_status("failed")
             raise
+        except BrokerError:
+            # The broker is gone for longer than a publish waits, or no longer delivers our topics: this
+            # process cannot go on. The store says so; the same command resumes the job.
+            self._mark_interrupted()
+            raise
         except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM: completed rounds stay in the store; the silos keep waiting for the
-            # same command to resume the job.
+            # A second Ctrl-C (or a KeyboardInterrupt from a script): out at once, but the completed
+            # rounds stay in the store and the silos keep waiting for the same command to resume the job.
             self._mark_interrupted()
             raise
         finally:
-            self.conn.close()
+            self.link.close()
 
     def _tick(self, now: float) -> None:
         if self.spec.status == "waiting":
@@ -217,35 +195,17 @@ class Federation:
 
     # -- job and silos ----------------------------------------------------------------------------
     def _load_or_create_job(self) -> None:
-        job = self.store.find_job(self.cfg.job)
-        if job is None:
-            self.spec = self._new_spec()
-            self.job_id = self.store.create_job(self.cfg.job, self.run_id, self.spec.model_dump()).id
+        self.spec, done = self.record.open_job(self.cfg, self._new_spec())
+        if done is None:  # a new job
             return
-        stored = JobSpec.model_validate(job.spec)
-        if (stored.task, stored.model) != (self.cfg.task, self.cfg.model):
-            raise ConfigError(
-                f"job {self.cfg.job!r} in the store is a {stored.task} job with model {stored.model}",
-                hint="use the same --task and --model to resume it, or another --job name",
-            )
-        last = self.store.last_completed_round(job.id)
-        done = last.number if last else 0
-        if done >= self.cfg.rounds:
-            raise ConfigError(f"job {self.cfg.job!r} already completed {done} round(s)",
-                              hint=f"pass --rounds above {done} to train further, or use another --job name")
-        self.job_id = job.id
-        self.spec = stored.model_copy(update={"run_id": self.run_id, "rounds": self.cfg.rounds, "signed": self.cfg.sign,
-                                              "mu": self.cfg.mu, "codec": self.cfg.codec,
-                                              "status": "running" if stored.labels else "waiting"})
         path = checkpoint_path(self.cfg.out, self.cfg.job, done)
         if path.exists():
             self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
             self.next_round = done + 1
-            self.strategy.resume([r["metrics"] for r in self.store.history(self.cfg.job)
-                                  if r["status"] == "completed" and r["round"] <= done])
+            self.strategy.resume(self.record.completed_metrics(self.cfg.job, done))
         log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
                  f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
-        self.store.update_job(self.job_id, self.spec.model_dump())
+        self.record.job(self.spec)
 
     def _new_spec(self) -> JobSpec:
         c = self.cfg
@@ -256,80 +216,82 @@ class Federation:
                        mu=c.mu)
 
     def _mark_interrupted(self) -> None:
+        """Stopped on purpose (a signal): say so in the store first, then on the broker, where the
+        silos see it and wait for the same command to resume the job."""
+        self.record.job(self.spec.model_copy(update={"status": "interrupted"}))
         try:
-            self.store.update_job(self.job_id, {**self.spec.model_dump(), "status": "interrupted"})
-            self.conn.set_retained(self.topics.init, self.spec.model_copy(update={"status": "interrupted"}), timeout=3)
-        except Exception as exc:  # the broker may be gone too; the store is what matters
-            log.warning("could not announce the interruption: %s", exc)
+            self.link.publish_spec(self.spec.model_copy(update={"status": "interrupted"}), timeout=3)
+        except Exception as exc:  # the broker may be gone too; the store, written above, is what matters
+            log.warning("could not announce the interruption to the silos (they learn it when the job resumes): %s", exc)
         log.info("interrupted; run the same command again to resume job %r", self.cfg.job)
 
     def _set_status(self, status: str, **changes: Any) -> None:
         self.spec = self.spec.model_copy(update={"status": status, **changes})
-        self.conn.set_retained(self.topics.init, self.spec)
-        self.store.update_job(self.job_id, self.spec.model_dump())
+        self.link.publish_spec(self.spec)
+        self.record.job(self.spec)
 
     def _publish_status(self) -> None:
         """Publish where the job stands (``RoundStatus``, retained, for ``fedmq status``) if it changed.
 
         Called after every tick and every message, so each round event (a round opened, an update
         accepted, an aggregation, an evaluation completed) goes out once, in sync and async mode
-        alike. Best effort: with the broker away it is only delayed (re-published on reconnect).
+        alike. Best effort: with the broker away it is only delayed (re-published on reconnect), and
+        ``AggregatorLink.publish_status`` says so once.
         """
-        try:
-            status = self._round_status()
-            if status == self._last_status:
-                return
-            self._last_status = status
-            self.conn.set_retained(self.topics.status, status, timeout=STATUS_TIMEOUT_S)
-        except (BrokerError, ValueError) as exc:  # ValueError: pydantic's, say past 5,000 silos; never fatal
-            log.debug("could not publish the job's status: %s", exc)
+        status = self._round_status()
+        if status == self._last_status:
+            return
+        self._last_status = status  # once per change: a failed one goes out with the retained state on reconnect
+        self.link.publish_status(status)
 
     def _round_status(self) -> RoundStatus:
         def unix(deadline: float | None) -> float | None:
             return None if deadline is None else round(deadline + self._unix_offset, 1)
 
-        common = {"job": self.cfg.job, "run_id": self.run_id,
+        common = {"job": self.cfg.job, "run_id": self.run_id, "strategy": self.strategy.name,
+                  "peak_memory_bytes": peak_memory_bytes(),
                   "version": self.global_model.version if self.global_model else None}
         if self.spec.status == "finished":
             return RoundStatus(**common, phase="finished", round=self.next_round - 1)
         if self.round is not None:
             return RoundStatus(**common, phase="training", round=self.round.number,
-                               updates_in=sorted(self.round.contributors), waiting_for=sorted(self.round.waiting),
-                               deadline_unix=unix(getattr(self.round, "deadline", None)))  # async buffers have none
+                               updates_in=self._listed(self.round.contributors),
+                               waiting_for=self._listed(self.round.waiting), deadline_unix=unix(self.round.deadline))
         if self.evaluations:
             pending = self.evaluations[max(self.evaluations)]
-            return RoundStatus(**common, phase="evaluating", round=pending.number, updates_in=sorted(pending.results),
-                               waiting_for=sorted(pending.waiting), deadline_unix=unix(pending.deadline))
+            return RoundStatus(**common, phase="evaluating", round=pending.number,
+                               updates_in=self._listed(pending.results), waiting_for=self._listed(pending.waiting),
+                               deadline_unix=unix(pending.deadline))
         return RoundStatus(**common, phase="waiting", round=self.next_round - 1)
+
+    def _listed(self, silos: Any) -> list[str]:
+        """The silos a status names, sorted: the first ``MAX_SILOS_LISTED`` of them (said once when cut)."""
+        names = sorted(silos)
+        if len(names) > MAX_SILOS_LISTED:
+            if not self._status_truncated:
+                self._status_truncated = True
+                log.warning("the round status names only the first %d of %d silos (the most a status message "
+                            "holds); `fedmq history` has them all", MAX_SILOS_LISTED, len(names))
+            names = names[:MAX_SILOS_LISTED]
+        return names
 
     def _eligible(self) -> set[str]:
         """Online silos whose data matches the job's task."""
-        return {name for name, s in self.silos.items()
-                if s.online and s.task == self.spec.task and (self.keys is None or name in self.keys)}
+        return self.registry.eligible()
 
     def _on_presence(self, presence: Presence) -> None:
-        before = self.silos.get(presence.silo)
-        self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels)
-        self.store.set_silo(self.job_id, presence.silo, presence.online)
-        if not presence.online:
-            if before and before.online:
-                log.info("silo %s went offline", presence.silo)
+        change = self.registry.update(presence)
+        self.record.silo(presence.silo, presence.online)
+        if change is Change.LEFT:
             self._stop_waiting_for(presence.silo)
             return
-        if presence.task != self.spec.task:
-            log.warning("silo %s holds %s data but the job is %s; it is not counted",
-                        presence.silo, presence.task, self.spec.task)
+        if change is Change.IGNORED:
             return
-        if self.keys is not None and presence.silo not in self.keys:
-            log.warning("silo %s has no registered public key; it is not counted (add %s.pub to %s)",
-                        presence.silo, presence.silo, self.cfg.keys_dir)
-            return
-        came_back = not (before and before.online)
-        if came_back:
-            log.info("silo %s is online (%d eligible)", presence.silo, len(self._eligible()))
+        if change is Change.CAME_BACK:
             self._fit_receive_limits()
-        if self.round is not None and came_back and self.round.silo_joined(presence.silo):
-            log.info("round %d: sending the model to %s, which joined during the round", self.round.number, presence.silo)
+            if self.round is not None and self.round.silo_joined(presence.silo):
+                log.info("round %d: sending the model to %s, which joined during the round", self.round.number,
+                         presence.silo)
         self._resync(presence.silo)
 
     def _resync(self, silo: str) -> None:
@@ -346,9 +308,9 @@ class Federation:
         unanswered = [p for p in self.evaluations.values() if silo in p.waiting]
         if not train and not unanswered:
             return
-        self._send_model(self.topics.model_for(silo), self.round.number if train else None)
+        self.link.send_model(self.global_model, self.spec.chunk_size, self.round.number if train else None, silo=silo)
         for pending in unanswered:
-            self._send_test_request(pending.number, pending.digest)
+            self.link.send_test_request(pending.number, pending.digest)
 
     def _stop_waiting_for(self, silo: str) -> None:
         if self.round is not None:
@@ -362,7 +324,7 @@ class Federation:
         eligible = self._eligible()
         if len(eligible) < self.spec.min_clients:
             return
-        labels = sorted(set().union(*(self.silos[s].labels or [] for s in eligible)))
+        labels = self.registry.labels(eligible)
         if len(labels) < 2 and self.spec.task == "classification":
             raise ConfigError(f"the silos' data has {len(labels)} class(es); classification needs at least 2",
                               hint="check the silos' train/<class>/ folders")
@@ -389,7 +351,7 @@ class Federation:
         self.init_silo = candidates[0]
         self.init_deadline = now + INIT_TIMEOUT_S
         log.info("asking silo %s for the initial weights of %s (seed %d)", self.init_silo, self.spec.model, self.spec.seed)
-        self.conn.publish(self.topics.init_request, InitRequest(job=self.cfg.job, run_id=self.run_id, silo=self.init_silo))
+        self.link.ask_initial(self.init_silo)
 
     def _set_initial(self, state: StateDict, source: str) -> None:
         self._set_global(GlobalModel.of(0, state, self.spec.codec))
@@ -405,7 +367,7 @@ class Federation:
 
     def _fit_receive_limits(self) -> None:
         """Cap one update at what the model allows, and leave room for every eligible silo to upload at once."""
-        self.conn.limit_message_bytes(self.max_update_bytes, senders=len(self._eligible()))
+        self.link.limit_message_bytes(self.max_update_bytes, senders=len(self._eligible()))
 
     def _on_init_update(self, update: Update, payload: Received) -> None:
         if self.global_model is not None or update.silo != self.init_silo:
@@ -420,37 +382,28 @@ class Federation:
         if self.announced is None or self.announced[0] != number:
             self._announce(number)  # otherwise it went out with the previous round's test request
         _, asked, sampled = self.announced
-        self.round_id = self.store.open_round(self.job_id, number)
+        self.record.open_round(number)
         self._rejected_in_round = {}
-        self.round = RoundBook(number=number, min_clients=self.spec.min_clients, base_digest=self.global_model.digest,
-                               deadline=now + self.cfg.round_timeout, waiting=asked & self._eligible(), sampled=sampled)
+        self.policy.open(number, self.global_model, asked=asked & self._eligible(), sampled=sampled,
+                         min_clients=self.spec.min_clients, now=now)
         self.strategy.begin(self.global_model.state)
-        log.info("round %d/%d open: model v%d, %d silo(s) asked%s", number, self.spec.rounds, self.global_model.version,
-                 len(self.round.waiting), " (sampled)" if sampled else "")
 
     def _announce(self, number: int | None) -> None:
-        """Broadcast the current global model; with ``number``, ask the sampled silos to train on it for that round."""
+        """Broadcast the current global model; with ``number``, ask the silos to train on it for that round
+        (a seeded sample of them where the policy samples and --fraction or --clients-per-round asks)."""
         if number is None:
-            self._send_model(self.topics.model, None)
+            self.link.send_model(self.global_model, self.spec.chunk_size, None)
             return
-        asked, sampled = sample_silos(self._eligible(), self.cfg.fraction, self.cfg.clients_per_round,
-                                      self.spec.min_clients, self.spec.seed, number)
+        if self.policy.samples:
+            asked, sampled = sample_silos(self._eligible(), self.cfg.fraction, self.cfg.clients_per_round,
+                                          self.spec.min_clients, self.spec.seed, number)
+        else:
+            asked, sampled = self._eligible(), False
         self.announced = (number, asked, sampled)
-        self._send_model(self.topics.model, number, sorted(asked) if sampled else None)
-
-    def _send_model(self, topic: str, train_round: int | None, train_silos: list[str] | None = None) -> None:
-        model = self.global_model
-        header = ModelSync(job=self.cfg.job, run_id=self.run_id, version=model.version, train_round=train_round,
-                           train_silos=train_silos,
-                           payload=PayloadInfo(codec=model.codec, size=len(model.payload), sha256=model.digest))
-        self.conn.publish(topic, header, model.payload, chunk_size=self.spec.chunk_size)
-
-    def _send_test_request(self, number: int, digest: str) -> None:
-        self.conn.publish(self.topics.test, TestRequest(job=self.cfg.job, run_id=self.run_id, round=number,
-                                                        model_digest=digest))
+        self.link.send_model(self.global_model, self.spec.chunk_size, number, sorted(asked) if sampled else None)
 
     def _on_update_message(self, update: Update, payload: Received) -> None:
-        """What every update goes through, in sync and async mode alike, before ``_on_update``."""
+        """What every update goes through, in sync and async mode alike."""
         if update.run_id != self.run_id:
             raise UpdateRejected(f"update from another run of the job ({update.run_id[:8]})")
         if update.round == 0:
@@ -459,53 +412,30 @@ class Federation:
         self._on_update(update, payload)
 
     def _on_update(self, update: Update, payload: Received) -> None:
-        current = self.round
-        if current is None:
-            raise UpdateRejected(f"update for round {update.round} but no round is open")
-        current.admit(update.silo, update.round, update.base_digest, update.num_samples)
-        state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=self.global_model.base)
-        check_tensors(state, self.global_model.state)
-        self.strategy.add(state, float(update.num_samples), silo=update.silo, consume=True)
-        current.count(update.silo, update.num_samples, update.train_loss)
-        self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
-                                 num_samples=update.num_samples, train_loss=update.train_loss,
-                                 train_seconds=update.train_seconds, size=len(payload),
-                                 base_version=self.global_model.version, staleness=0)
-        log.info("round %d: update from %s (%d samples, loss %s) [%d in, waiting for %s]", current.number, update.silo,
-                 update.num_samples, _fmt(update.train_loss), len(current.contributors),
-                 ", ".join(sorted(current.waiting)) or "nobody")
+        """The one admission path of a round's updates: the policy admits, the tensors are checked and
+        folded in, the policy books it, the store records it. Any UpdateRejected on the way is recorded
+        as a rejection by ``_dispatch``, and nothing was counted."""
+        admission = self.policy.admit(update)
+        base = admission.base
+        state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=base.base)
+        check_tensors(state, base.state)
+        self.strategy.add(state, admission.weight, base=base.state, silo=update.silo, consume=True)
+        self.policy.count(update, admission)
+        self.record.accepted(update, admission, len(payload))
 
     def _reject(self, silo: str, reason: str, update: Update | None = None, size: int = 0) -> None:
         log.warning("rejected an update from %s: %s", silo, reason)
         if self.round is not None:
             self._rejected_in_round[silo] = reason
-        self.store.record_update(
-            self.job_id, self.round_id if self.round else None, silo, accepted=False, reason=reason,
-            claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
-        )
+        self.record.rejected(silo, reason, update, size, in_round=self.round is not None)
 
     def _maybe_close_round(self, now: float) -> None:
-        current = self.round
-        if current.ready(now):
-            self._aggregate(current, now)
-            return
-        if current.waiting and now < current.deadline:
-            return
-        if now - self._last_wait_log >= WAITING_LOG_EVERY_S:
-            self._last_wait_log = now
-            log.info("round %d has %d update(s) of the %d needed; waiting for %s", current.number,
-                     len(current.contributors), self.spec.min_clients,
-                     ", ".join(sorted(current.waiting)) or "more silos to come online")
-            rejected = {s: r for s, r in self._rejected_in_round.items() if s not in current.contributors}
-            if rejected:
-                log.warning("round %d: the updates of %s were rejected (%s); a valid update from them still counts. "
-                            "If every update is rejected the job cannot go on: see `fedmq history --round %d`, "
-                            "fix the cause (a diverging --lr or DP noise, say) and restart the job",
-                            current.number, ", ".join(sorted(rejected)), next(iter(rejected.values())), current.number)
-        if now >= current.deadline:
-            current.deadline = now + self.cfg.round_timeout
+        if self.policy.ready(now):
+            self._aggregate(self.round, now)
+        else:
+            self.policy.overdue(now, self._rejected_in_round)
 
-    def _aggregate(self, current: RoundBook, now: float) -> None:
+    def _aggregate(self, current: OpenRound, now: float) -> None:
         state = self.strategy.result()
         report = self.strategy.report()
         log.info("round %d: %s %s", current.number, self.strategy.name, report)
@@ -513,23 +443,27 @@ class Federation:
         if current.train_loss is not None:
             extra["train_loss"] = current.train_loss
         self._publish_version(current, state, now, extra)
+        if not self.finishing:
+            # At once: the next round's model went out with the test request, and an update for it
+            # (or a replay of an old one) must find that round open, not a gap until the next tick.
+            self._open_round(now)
 
-    def _publish_version(self, current: Any, state: StateDict, now: float, extra: dict[str, float]) -> None:
+    def _publish_version(self, current: OpenRound, state: StateDict, now: float, extra: dict[str, float]) -> None:
         """Make ``state`` the global model of round ``current.number``: checkpoint, record, test, send on."""
         self._set_global(GlobalModel.of(current.number, state, self.spec.codec))
         path = save_checkpoint(self.global_model.state, checkpoint_path(self.cfg.out, self.cfg.job, current.number))
-        self.store.mark_aggregated(self.round_id, current.num_samples, self.global_model.digest, str(path))
+        self.record.aggregated(current.num_samples, self.global_model.digest, str(path))
         log.info("round %d aggregated from %d silo(s), %d samples", current.number, len(current.contributors),
                  current.num_samples)
         self.evaluations[current.number] = PendingEvaluation(
             number=current.number, round_id=self.round_id, digest=self.global_model.digest,
             deadline=now + self.cfg.round_timeout, waiting=self._eligible(), extra=extra,
         )
-        self.round = None
         self.next_round = current.number + 1
         self.finishing = current.number >= self.spec.rounds
+        self.policy.closed(last=self.finishing)
         # The test request goes first: a silo evaluates the new model before it trains on it.
-        self._send_test_request(current.number, self.global_model.digest)
+        self.link.send_test_request(current.number, self.global_model.digest)
         self._announce(None if self.finishing else self.next_round)
 
     # -- evaluation ---------------------------------------------------------------------------------
@@ -542,14 +476,14 @@ class Federation:
             return
         pending.results[result.silo] = (result.num_samples, dict(result.metrics))
         pending.waiting.discard(result.silo)
-        self.store.record_evaluation(pending.round_id, result.silo, result.num_samples, dict(result.metrics))
+        self.record.evaluation(pending.round_id, result.silo, result.num_samples, dict(result.metrics))
 
     def _maybe_complete_evaluation(self, pending: PendingEvaluation, now: float) -> None:
         if pending.waiting and now < pending.deadline:
             return
         metrics = weighted_metrics(pending.results.values())
         metrics.update(pending.extra)
-        self.store.complete_round(pending.round_id, metrics)
+        self.record.completed(pending.round_id, metrics)
         del self.evaluations[pending.number]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         log.info("round %d completed: %s (evaluated by %d silo(s))", pending.number, shown or "no metrics",
@@ -566,38 +500,16 @@ def check_strategy(config: AggregatorConfig) -> None:
         raise ConfigError("--mu is FedProx's proximal weight", hint="add --strategy fedprox, or drop --mu")
 
 
-def weighted_metrics(results: Any) -> dict[str, float]:
-    """Sample-weighted mean of each metric over the silos that reported it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
-    total = 0
-    for num_samples, metrics in results:
-        total += num_samples
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + value * num_samples
-            weights[key] = weights.get(key, 0) + num_samples
-    out = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
-    if total:
-        out["eval_samples"] = float(total)
-    return out
-
-
 def _load_public_keys(folder: Path) -> dict[str, Any]:
     from ..broker.keys import load_public_keys
 
     return load_public_keys(folder)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def run_aggregator(config: AggregatorConfig) -> int:
-    from .buffered import BufferedFederation
-
+def run_aggregator(config: AggregatorConfig, stop: StopFlag | None = None) -> int:
+    """Run the job ``config`` describes to its end; the process exit code (130: stopped by ``stop``)."""
     store = Store(config.db)
     try:
-        kind = BufferedFederation if config.mode == "async" else Federation
-        return kind(config, store).run()
+        return Federation(config, store, stop=stop).run()
     finally:
         store.close()

@@ -3,7 +3,7 @@
 Run with the project installed: ``python benchmarks/transfer.py [--reps 3] [--chunk-sizes] [--profile]``.
 
 fedmq: encode the state dict (``encode_state``, the default codec), digest it, publish it chunked with
-fedmq's ``Connection.publish`` under a ``ModelSync`` header (as ``Federation._send_model`` does); a
+fedmq's ``Connection.publish`` under a ``ModelSync`` header (as ``AggregatorLink.send_model`` does); a
 receiver in another process, with its own ``Connection``, reassembles and verifies it, and decodes it
 with ``decode_state``. Seconds: from the start of encoding to the end of decoding in the receiver.
 raw: the same tensors' bytes, cut into the same chunk size, published at QoS 1 by a plain paho client

@@ -36,6 +36,9 @@ KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 300.0
 STALL_TIMEOUT_S = 120.0  # a message that gets no chunk for this long is dropped and reported
 MAX_PENDING_PER_TOPIC = 4  # partial messages one sender's topic may hold at a time
+SUBACK_TIMEOUT_S = 30.0  # a (re)subscription unanswered this long means the process no longer receives
+SUBSCRIPTION_HINT = ("check its ACL (a silo logs in with its silo name as username: see `fedmq broker --auth-dir`); "
+                     "NATS before 2.10 takes no '.' in a topic: use job and silo names without one")
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,10 @@ class Connection:
         self._answered = threading.Event()  # set by the first CONNACK, accepted or refused
         self._unanswered_drops = 0  # connections dropped before any CONNACK: twice is an answer too
         self._suback_topics: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
+        self._suback_deadline = 0.0  # monotonic: when the subscriptions of the last (re)connect must be answered by
         self._refused_topics: list[str] = []
         self._subscribed = threading.Event()  # set once every first subscription was answered
+        self._deaf: BrokerError | None = None  # set when the broker no longer delivers what we subscribed to
         self._retained: dict[str, bytes] = {}
         self.epoch = 0  # counts successful (re)connections: a change means messages may have been lost
         self._retained_lock = threading.Lock()
@@ -127,12 +132,16 @@ class Connection:
                 # QoS 1 message) does that. The probe, which sends no will, says which it is.
                 self._probe.check()
             raise _refusal_error(self.url, self._refusal)
-        if self.subscriptions and self._subscribed.wait(max(1.0, deadline - time.monotonic())) and self._refused_topics:
+        if not self.subscriptions:
+            return
+        if not self._subscribed.wait(max(SUBACK_TIMEOUT_S, deadline - time.monotonic())):
+            self.close()
+            raise BrokerError(f"the broker at {self.url} did not answer the subscription to "
+                              f"{', '.join(sorted(set(self._suback_topics.values())))}", hint=SUBSCRIPTION_HINT)
+        if self._refused_topics:
             self.close()
             raise BrokerError(f"the broker at {self.url} refused the subscription to {', '.join(self._refused_topics)}",
-                              hint="check its ACL (a silo logs in with its silo name as username: see `fedmq broker "
-                                   "--auth-dir`); NATS before 2.10 takes no '.' in a topic: use job and silo names "
-                                   "without one")
+                              hint=SUBSCRIPTION_HINT)
 
     def close(self) -> None:
         self._client.disconnect()
@@ -229,6 +238,12 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------------------------
     def receive(self, timeout: float | None) -> Incoming | None:
+        """The next whole message (or a ``Refused``), or None after ``timeout`` seconds.
+
+        Raises ``BrokerError`` once the broker stopped delivering what this process subscribed to (a
+        subscription refused or left unanswered after a reconnect): a process that goes on without
+        it would wait for messages that can never come."""
+        self._check_subscriptions()
         with self._reassembly_lock:
             self._reassembler.expire()
             self._report_dropped()
@@ -236,6 +251,16 @@ class Connection:
             return self.inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def _check_subscriptions(self) -> None:
+        if self._deaf is None and self._connected.is_set() and self._online.is_set() and self._suback_topics \
+                and time.monotonic() > self._suback_deadline:
+            self._deaf = BrokerError(
+                f"the broker at {self.url} did not answer the subscription to "
+                f"{', '.join(sorted(set(self._suback_topics.values())))} after reconnecting; this process no longer "
+                "receives its messages", hint="check the broker's log, then restart this process")
+        if self._deaf is not None:
+            raise self._deaf
 
     def limit_message_bytes(self, max_message_bytes: int, senders: int = 0) -> None:
         """Set the cap on one incoming message (say once the model's size is known), and room for
@@ -256,6 +281,7 @@ class Connection:
             self._answered.set()
             return
         self._suback_topics.clear()  # what a dropped connection left unanswered
+        self._suback_deadline = time.monotonic() + SUBACK_TIMEOUT_S
         for topic in self.subscriptions:
             self._suback_topics[client.subscribe(topic, qos=QOS)[1]] = topic
         with self._retained_lock:
@@ -273,6 +299,11 @@ class Connection:
         if topic is not None and any(code.is_failure for code in reason_codes):
             log.error("the broker at %s refused the subscription to %s", self.url, topic)
             self._refused_topics.append(topic)
+            if self._subscribed.is_set() and self._deaf is None:
+                # After a reconnect: nobody waits on connect() any more, so the next receive() raises it.
+                self._deaf = BrokerError(f"the broker at {self.url} refused the subscription to {topic} after "
+                                         "reconnecting; this process no longer receives its messages",
+                                         hint=SUBSCRIPTION_HINT)
         if not self._suback_topics:
             self._subscribed.set()
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import BrokerError
+from ..extras import require_extra
 from .auth import AuthFiles
 from .tls import TlsFiles
 
@@ -140,6 +141,7 @@ def run_broker(host: str, port: int, embedded: bool = False, auth: AuthFiles | N
 
 
 def _run_amqtt(host: str, port: int) -> int:
+    require_extra("amqtt", "broker", "the embedded broker (used where Mosquitto is not installed)")
     from amqtt.broker import Broker
 
     config = {

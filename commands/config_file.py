@@ -2,13 +2,15 @@
 
 Where a value comes from, first match wins: the command line, then the environment, then the
 config file, then the option's default. That is click's own order (command line > envvar >
-``Context.default_map`` > default), so nothing here decides precedence: this module only
+``Context.default_map`` > default), so nothing here decides precedence, and click names the
+variables itself: the group sets ``auto_envvar_prefix="FEDMQ"``, so every option is read from
+``FEDMQ_<COMMAND>_<OPTION>``, dashes as underscores (``FEDMQ_AGGREGATOR_ROUNDS``,
+``FEDMQ_DATA_SYNTH_SILOS``, ``FEDMQ_LOG_LEVEL`` for the group's own options; each option's Python
+name is its long flag's, which is what click builds the name from). This module only
 
-* names an environment variable for every option, ``FEDMQ_<COMMAND>_<OPTION>``, dashes as
-  underscores (``FEDMQ_AGGREGATOR_ROUNDS``, ``FEDMQ_DATA_SYNTH_SILOS``, ``FEDMQ_LOG_LEVEL`` for the
-  group's own options). Options that already had a variable keep it as a shared fallback, read
-  by every command with that option (``FEDMQ_BROKER``, ``FEDMQ_DB``, ``FEDMQ_CA_FILE``,
-  ``FEDMQ_SIGNING_KEY``); the per-command name wins over it;
+* adds the shared fallbacks, read by every command with that option after its own variable
+  (``FEDMQ_BROKER``, ``FEDMQ_DB``, ``FEDMQ_CA_FILE``, ``FEDMQ_SIGNING_KEY``): ``SharedEnvOption``;
+* warns about a ``FEDMQ_*`` variable that no option reads (a misspelling would be ignored);
 * turns a TOML file into click's ``default_map``: a table per command (``[aggregator]``,
   ``[client]``, ``[data.synth]``), keys are long option names (``min-clients`` or ``min_clients``),
   and top-level keys set either the group's options (``log-level``) or, shared, that option of
@@ -84,31 +86,33 @@ def iter_commands(command: click.Command, path: CommandPath = ()) -> Iterator[tu
 
 
 def envvar_name(path: CommandPath, option: str) -> str:
+    """The variable click reads for ``option`` of the command at ``path`` (``auto_envvar_prefix`` + name)."""
     return "_".join((ENV_PREFIX, *path, option)).upper().replace("-", "_")
 
 
-def _envvars(option: click.Option) -> list[str]:
-    if not option.envvar:
-        return []
-    return [option.envvar] if isinstance(option.envvar, str) else list(option.envvar)
+class SharedEnvOption(click.Option):
+    """An option that a variable shared by every command also sets: ``$FEDMQ_BROKER`` for each ``--broker``.
 
+    click reads an explicit ``envvar`` before the automatic per-command one; fedmq wants the command's
+    own variable (``$FEDMQ_AGGREGATOR_BROKER``) to win, so the shared one is read only after it.
+    """
 
-def assign_envvars(root: click.Command) -> None:
-    """Give every option its ``FEDMQ_<COMMAND>_<OPTION>`` variable, ahead of any shared one it had."""
-    for path, command in iter_commands(root):
-        for name, option in settings(command).items():
-            own, existing = envvar_name(path, name), _envvars(option)
-            if own not in existing:
-                option.envvar = [own, *existing]
+    def __init__(self, *args: Any, shared_envvar: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shared_envvar = shared_envvar
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        own = super().resolve_envvar_value(ctx)
+        return own if own is not None else (os.environ.get(self.shared_envvar) or None)
 
 
 def known_envvars(root: click.Command) -> dict[str, list[str]]:
     """Every variable fedmq reads, each with the options it sets (``fedmq aggregator --rounds``)."""
-    assign_envvars(root)
     known: dict[str, list[str]] = {CONFIG_ENV: ["fedmq --config"]}
     for path, command in iter_commands(root):
         for name, option in settings(command).items():
-            for var in _envvars(option):
+            shared = [option.shared_envvar] if isinstance(option, SharedEnvOption) else []
+            for var in [envvar_name(path, name), *shared]:
                 known.setdefault(var, []).append(" ".join(("fedmq", *path, f"--{name}")))
     for var, what in EXTRA_ENVVARS.items():
         known.setdefault(var, []).append(what)
@@ -284,8 +288,7 @@ def warn_if_exposed(path: Path, data: Mapping[str, Any]) -> None:
 
 # -- the --config option ----------------------------------------------------------------------------
 def _apply(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
-    """Eager, so it runs before every other option is read: names the variables, loads the file."""
-    assign_envvars(ctx.command)
+    """Eager, so it runs before every other option is read: checks the variables, loads the file."""
     if ctx.resilient_parsing:
         return
     warn_unknown_envvars(ctx.command, os.environ)

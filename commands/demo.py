@@ -7,11 +7,14 @@ as a user would start them by hand. Prints progress while it runs and the histor
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import webbrowser
 from pathlib import Path
 
 import click
@@ -67,7 +70,8 @@ class Processes:
                 p.kill()
 
 
-def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, workdir: Path | None = None) -> int:
+def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, workdir: Path | None = None,
+             open_dashboard: bool = False) -> int:
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="fedmq-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
@@ -98,7 +102,15 @@ def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, work
                 "--work-dir", str(workdir / "silos" / f"silo-{i}"),
             ))
         click.echo(f"  aggregator and {silos} silo(s) started; logs in {logs}")
-        return _watch(procs, db, rounds, silos, TIMEOUT_S[task])
+        dashboard = DemoDashboard(procs, db, broker_url, open_browser=open_dashboard)
+        code = _watch(procs, db, rounds, silos, TIMEOUT_S[task], dashboard)
+        if code == 0 and open_dashboard and dashboard.url:
+            click.echo(f"the dashboard stays on {dashboard.url} until Ctrl-C")
+            try:
+                procs.children["dashboard"].wait()
+            except KeyboardInterrupt:
+                pass  # the way to leave: the job is done, so this is no interruption
+        return code
     except subprocess.CalledProcessError as exc:
         click.secho(f"error: making the synthetic data failed:\n{exc.stderr.decode(errors='replace')}", err=True, fg="red")
         return 1
@@ -106,11 +118,51 @@ def run_demo(task: str = "classification", rounds: int = 3, silos: int = 3, work
         procs.stop_all()
 
 
-def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float) -> int:
+class DemoDashboard:
+    """``fedmq dashboard`` for the demo's store and broker, started once the aggregator made the store
+    (when the dashboard extra is installed); with ``open_browser``, opened in the user's browser."""
+
+    def __init__(self, procs: Processes, db: str, broker_url: str, open_browser: bool) -> None:
+        self.procs, self.db, self.broker_url, self.open_browser = procs, db, broker_url, open_browser
+        self.url: str | None = None
+        self.port = 0
+        self.available = all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client"))
+        if not self.available:
+            click.echo("  (no dashboard: pip install 'fedmq[dashboard]' to watch the demo in a browser)")
+
+    def maybe_start(self) -> None:
+        """Called at each tick of the demo: never waits, so a slow start (a loaded machine) holds up nothing,
+        and a dashboard that fails is a warning: the demo goes on without it."""
+        if not self.available or self.url:
+            return
+        process = self.procs.children.get("dashboard")
+        if process is None:
+            if Path(self.db.removeprefix("sqlite:///")).exists():
+                self.port = free_port(HOST)
+                self.procs.start("dashboard", fedmq_command("dashboard", "--db", self.db, "--broker", self.broker_url,
+                                                            "--port", str(self.port)))
+            return
+        if process.poll() is not None:
+            self.available = False
+            click.secho(f"  warning: the dashboard exited with code {process.returncode} (see {self.procs.logs}/dashboard.log); "
+                        "the demo goes on without it", err=True, fg="yellow")
+            return
+        try:
+            socket.create_connection((HOST, self.port), timeout=0.2).close()
+        except OSError:
+            return  # not listening yet
+        self.url = f"http://{HOST}:{self.port}/jobs/default"
+        click.echo(f"  dashboard on {self.url}")
+        if self.open_browser:
+            webbrowser.open(self.url)
+
+
+def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float, dashboard: DemoDashboard) -> int:
     deadline = time.monotonic() + timeout
     shown = 0
     workers = ["aggregator"] + [f"silo-{i}" for i in range(silos)]
     while time.monotonic() < deadline:
+        dashboard.maybe_start()
         failure = procs.failed()
         if failure:
             name, code = failure
@@ -125,7 +177,8 @@ def _watch(procs: Processes, db: str, rounds: int, silos: int, timeout: float) -
                 click.echo("\n" + render_rounds("default", store.history("default")))
             finally:
                 store.close()
-            click.echo(f"\ndone: see it again with `fedmq history --db {db}`")
+            click.echo(f"\ndone: see it again with `fedmq history --db {db}`"
+                       + (f" or in a browser: `fedmq dashboard --db {db}`" if dashboard.available else ""))
             return 0
         time.sleep(1.0)
     click.secho(f"error: the demo did not finish within {timeout:.0f} s; logs are in {procs.logs}", err=True, fg="red")

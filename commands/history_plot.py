@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..extras import require_extra
 
 MAIN_METRICS = ("accuracy", "map", "map50")  # the first one the job reports is the headline
 LOSSES = (("loss", "test loss"), ("train_loss", "train loss"))
@@ -27,6 +28,7 @@ def main_metric(rounds: list[dict[str, Any]]) -> str | None:
 
 def plot_rounds(job: str, rounds: list[dict[str, Any]], path: Path) -> Path:
     """Draw the rounds of ``job`` (``Store.history`` dicts) into ``path``; its suffix picks the format."""
+    require_extra("matplotlib", "plot", "fedmq history --plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -83,13 +83,14 @@ def collect(url: BrokerUrl, job: str, timeout: float, connect_timeout: float = 5
             if isinstance(incoming, Refused):
                 snapshot.refused.append(f"{incoming.topic}: {incoming.reason}")
             elif incoming is not None:
-                _take(snapshot, topics, incoming.topic, incoming.header)
+                take_retained(snapshot, topics, incoming.topic, incoming.header)
     finally:
         conn.close()
     return snapshot
 
 
-def _take(snapshot: Snapshot, topics: Topics, topic: str, header: Any) -> None:
+def take_retained(snapshot: Snapshot, topics: Topics, topic: str, header: Any) -> None:
+    """Keep one retained message of the job in ``snapshot`` (also used by the dashboard's broker watcher)."""
     if header.job != snapshot.job:
         return
     if topic == topics.init and isinstance(header, JobSpec):

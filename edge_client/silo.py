@@ -34,6 +34,7 @@ from ..schemas import (
 from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
 from ..schemas.messages import InitRequest
 from ..schemas.signing import Signed, sign
+from ..stopping import EXIT_STOPPED, StopFlag, Stopped
 from .distributed import make_trainer
 from .progress import Progress
 from .task import Task, open_task, pick_device
@@ -73,8 +74,10 @@ class RunState:
 
 
 class SiloClient:
-    def __init__(self, config: ClientConfig, connection: Connection | None = None) -> None:
+    def __init__(self, config: ClientConfig, connection: Connection | None = None, *, stop: StopFlag | None = None) -> None:
         self.cfg = config
+        # Set (by a signal): finish the step in hand, or the batch, and leave. (A StopFlag is falsy until set.)
+        self.stop = stop if stop is not None else StopFlag()
         self.topics = Topics(config.job)
         self.task: Task = open_task(config.data)
         self.device = pick_device(config.device)
@@ -93,7 +96,7 @@ class SiloClient:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve the job until it finishes. Returns the process exit code."""
+        """Serve the job until it finishes (0, or 1 if it failed), or until ``stop`` is set (130)."""
         self.conn.connect(self.cfg.connect_timeout)
         presence = self.topics.presence(self.cfg.silo)
         self._announce()
@@ -102,6 +105,9 @@ class SiloClient:
         try:
             self.trainer.start()
             while True:
+                if self.stop:
+                    log.info("silo %s stopping (%s); run the same command to rejoin", self.cfg.silo, self.stop.reason)
+                    return EXIT_STOPPED
                 state = self.run_state
                 keep_training = state is not None and state.async_target is not None and state.spec.status == "running"
                 incoming = self.conn.receive(timeout=0.0 if keep_training else 1.0)
@@ -115,6 +121,12 @@ class SiloClient:
                     code = self._handle(incoming)
                     if code is not None:
                         return code
+        except Stopped:
+            # Cut short at a batch boundary: the round's update is not sent; the aggregator asks the
+            # silo again (or goes on without it) when it rejoins.
+            log.info("silo %s stopped in the middle of its work (%s); run the same command to rejoin",
+                     self.cfg.silo, self.stop.reason)
+            return EXIT_STOPPED
         finally:
             self.trainer.close()
             try:  # say goodbye explicitly: the last will only fires on an unclean disconnect
@@ -243,6 +255,7 @@ class SiloClient:
                 parts = " ".join(f"{k}: {v:.6f}" for k, v in losses.items())
                 out.write(f"round: {round_number} epoch: {epoch} step: {step} {parts}\n")
                 bar.advance(note=f"epoch {epoch}, loss {losses.get('total_loss', float('nan')):.4f}")
+                self.stop.check()  # a batch boundary: the one safe place to cut a round's training short
 
             result = self.trainer.train(state.model, state.spec, log_step)
         state.trained_round = round_number
@@ -284,7 +297,11 @@ class SiloClient:
             self._load(state, digest)
             test_size = len(getattr(self.task, "test_set", None) or ())
             with Progress(f"round {round_number}: evaluating", test_size, "samples", log) as bar:
-                num_samples, metrics = self.task.evaluate(state.model, progress=bar.advance)
+                def advance(n: int = 1) -> None:
+                    bar.advance(n)
+                    self.stop.check()  # between evaluation batches
+
+                num_samples, metrics = self.task.evaluate(state.model, progress=advance)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no test data"
             log.info("round %d: evaluated the global model on %d test samples: %s", round_number, num_samples, shown)
             result = TestResult(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,

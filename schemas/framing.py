@@ -146,13 +146,17 @@ class Reassembler:
     ``ProtocolError``. With ``check_headers`` the first chunk's header is checked at once, so a
     message declaring more than the cap, or a chunk count that its size does not need, is refused
     before its other chunks are buffered. A refused message's later chunks are ignored.
-    Duplicated chunks are ignored.
+    Duplicated chunks are ignored, and so are chunks of a message already delivered whole: after a
+    reconnect the sender publishes every chunk again under the same id, and that late copy must
+    neither come out as a second message nor wait as a partial one (which would expire into a
+    rejection). The last ``max_completed`` multi-chunk messages are remembered for that; a
+    single-chunk message is not, since retained state is redelivered on purpose.
     Not thread-safe: callers serialise ``add`` and ``expire``.
     """
 
     def __init__(self, max_message_bytes: int, max_pending_bytes: int | None = None, ttl: float = 600.0,
                  max_pending_messages: int = 1024, max_pending_per_topic: int | None = None,
-                 check_headers: bool = False) -> None:
+                 check_headers: bool = False, max_completed: int = 4096) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_pending_bytes = max_pending_bytes or 4 * max_message_bytes
         self.max_pending_messages = max_pending_messages
@@ -163,6 +167,8 @@ class Reassembler:
         self._pending_bytes = 0
         self._per_topic: dict[str, int] = {}
         self._refused: dict[tuple[str, bytes], None] = {}  # recently refused messages, oldest first
+        self._completed: dict[tuple[str, bytes], None] = {}  # recently delivered whole, oldest first
+        self.max_completed = max_completed
         self._dropped: list[tuple[str, str]] = []
 
     @property
@@ -187,15 +193,13 @@ class Reassembler:
                 raise ProtocolError(f"message of {len(body)} bytes exceeds the {self.max_message_bytes}-byte limit")
             return body
         key = (topic, mid)
-        if key in self._refused:
+        if key in self._refused or key in self._completed:
             return None
         try:
             return self._add_part(key, index, count, body, now)
         except ProtocolError:
             self._drop(key)
-            self._refused[key] = None
-            if len(self._refused) > 256:
-                del self._refused[next(iter(self._refused))]
+            _remember(self._refused, key, 256)
             raise
 
     def _add_part(self, key: tuple[str, bytes], index: int, count: int, body: memoryview, now: float) -> Pieces | None:
@@ -229,6 +233,7 @@ class Reassembler:
         if len(partial.parts) < count:
             return None
         self._drop(key)
+        _remember(self._completed, key, self.max_completed)
         return partial.whole()
 
     def expire(self, now: float | None = None) -> None:
@@ -257,6 +262,13 @@ class Reassembler:
                 self._per_topic[key[0]] = left
             else:
                 del self._per_topic[key[0]]
+
+
+def _remember(keys: dict[tuple[str, bytes], None], key: tuple[str, bytes], most: int) -> None:
+    """Add ``key`` to an insertion-ordered set that forgets its oldest beyond ``most``."""
+    keys[key] = None
+    if len(keys) > most:
+        del keys[next(iter(keys))]
 
 
 def _check_first_chunk(body: memoryview, count: int, max_message_bytes: int) -> None:

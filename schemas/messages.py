@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from ..errors import ProtocolError
 from .codecs.names import CODECS
+from .limits import MAX_SILOS_LISTED
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
@@ -113,7 +114,7 @@ class ModelSync(_RunHeader):
     type: Literal["model"] = "model"
     version: Count
     train_round: Annotated[int, Field(ge=1)] | None
-    train_silos: Annotated[list[Name], Field(max_length=5_000)] | None = None
+    train_silos: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] | None = None
     payload: PayloadInfo
 
 
@@ -193,15 +194,19 @@ class RoundStatus(_RunHeader):
     While training, ``updates_in`` and ``waiting_for`` name the silos whose updates are in and
     awaited; while evaluating, the silos whose test results are. ``deadline_unix`` is when the
     round (or evaluation) stops waiting; ``version`` the global model version, None before it exists.
+    ``strategy`` (the aggregation strategy's name) and ``peak_memory_bytes`` (the aggregator's peak
+    resident memory) are for dashboards; optional, so statuses of older aggregators still parse.
     """
 
     type: Literal["status"] = "status"
     phase: Literal["waiting", "training", "evaluating", "finished"]
     round: Count
-    updates_in: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
-    waiting_for: Annotated[list[Name], Field(max_length=5_000)] = Field(default_factory=list)
+    updates_in: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] = Field(default_factory=list)
+    waiting_for: Annotated[list[Name], Field(max_length=MAX_SILOS_LISTED)] = Field(default_factory=list)
     deadline_unix: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     version: Count | None = None
+    strategy: Annotated[str, Field(max_length=64)] | None = None
+    peak_memory_bytes: Count | None = None
 
 
 Message = Annotated[

@@ -13,20 +13,21 @@ on a connection to a database at head drafts it). tests/store checks that head m
 
 from __future__ import annotations
 
+import ast
 import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import StoreError
 from .sqlite import apply_pragmas
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ UPGRADE_HINT = "run the aggregator once with this --db, or `fedmq db upgrade --d
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config for the store's migrations; env.py runs on ``connection``."""
+    from alembic.config import Config  # Alembic is imported only to migrate: readers (`fedmq history`) start without it
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -50,13 +53,25 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 @lru_cache(maxsize=1)
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
+def revisions() -> dict[str, str | None]:
+    """Every revision in ``migrations/versions/`` with the one it follows, read from the files' literal
+    ``revision`` and ``down_revision`` without importing them (they import Alembic, which readers do
+    not need). tests/store checks this against Alembic's own reading."""
+    found: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("[0-9]*.py")):
+        names = {target.id: node.value for node in ast.parse(path.read_text(encoding="utf-8")).body
+                 if isinstance(node, ast.Assign | ast.AnnAssign)
+                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                 if isinstance(target, ast.Name)}
+        found[ast.literal_eval(names["revision"])] = ast.literal_eval(names["down_revision"])
+    return found
 
 
 def head() -> str:
-    """The revision this fedmq's models.py corresponds to."""
-    return _scripts().get_current_head()
+    """The revision this fedmq's models.py corresponds to: the one no other revision follows."""
+    following = set(revisions().values())
+    (newest,) = [revision for revision in revisions() if revision not in following]
+    return newest
 
 
 def current_revision(conn: Connection) -> tuple[str | None, bool]:
@@ -90,13 +105,16 @@ def _legacy_revision(conn: Connection) -> str | None:
 
 
 def _check_known(revision: str, where: str) -> None:
-    if revision not in {script.revision for script in _scripts().walk_revisions()}:
+    if revision not in revisions():
         raise StoreError(f"the store at {where} has schema revision {revision}, which this fedmq does not know "
                          f"(its newest is {head()}): a newer fedmq wrote it", hint="upgrade fedmq, or pass another --db")
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the database to head in one transaction; returns (revision before, head)."""
+    from alembic import command
+    from alembic.util import CommandError
+
     target = head()
     where = engine.url.render_as_string(hide_password=True)
     migrating = _migration_engine(engine)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..errors import StoreError
+from ..extras import require_extra
 from . import DEFAULT_DB
 from .migrate import check_current, head, upgrade
 from .models import Evaluation, Job, Round, Silo, UpdateRecord, utcnow
@@ -39,6 +40,8 @@ def make_engine(url: str) -> Engine:
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() == "postgresql":
+            if parsed.get_driver_name() == "psycopg":
+                require_extra("psycopg", "postgres", "a PostgreSQL store")
             options["pool_pre_ping"] = True  # a long job outlives a server restart
             if "connect_timeout" not in parsed.query:
                 options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}

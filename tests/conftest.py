@@ -164,8 +164,8 @@ def wait_for_fedmq(procs: dict[str, subprocess.Popen], logs: Path, timeout: floa
 
 class FedmqCli:
     """The `fedmq` command line as child processes, for tests: ``run`` waits, ``start`` does not,
-    ``wait_all`` waits for started ones. Whatever ``start`` started is killed at the test's end, so a
-    failing test leaves no process behind."""
+    ``wait_all`` waits for started ones. Whatever ``start`` started and a test left running is killed
+    at the session's end at the latest (tests stop their own in their finally blocks)."""
 
     run = staticmethod(run_fedmq)
     wait_all = staticmethod(wait_for_fedmq)
@@ -178,8 +178,10 @@ class FedmqCli:
         return self.started[-1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fedmq() -> Iterator[FedmqCli]:
+    """One for the session, so module-scoped fixtures (a job shared by a module's tests) use it too;
+    whatever a test left running is killed and reaped at the session's end at the latest."""
     cli = FedmqCli()
     yield cli
     stop_processes(cli.started)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .krum import Krum
     from .mean import WeightedMean
     from .options import STRATEGY_NAMES, StrategyOptions
-    from .server import FedAdagrad, FedAdam, FedYogi, Plain
+    from .plain import Plain
+    from .server import FedAdagrad, FedAdam, FedYogi
 
 _WHERE = {
     "Combiner": ".base",
@@ -36,7 +37,7 @@ _WHERE = {
     "Krum": ".krum",
     "Median": ".coordinate",
     "NoisedMean": ".dp",
-    "Plain": ".server",
+    "Plain": ".plain",
     "PrivacyAccountant": ".accountant",
     "Report": ".base",
     "STRATEGY_NAMES": ".options",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...extras import require_extra
 from .base import Report
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ ORDERS = tuple(2 + i / 4 for i in range(36)) + tuple(range(11, 65)) + (128, 256,
 
 
 def _rdp_accountant() -> RdpAccountant:
+    require_extra("dp_accounting", "dp", "DP-FedAvg (--dp-clip, --dp-noise)")
     from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
     return RdpAccountant(list(ORDERS))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ...schemas.codec import StateDict
+
+if TYPE_CHECKING:
+    from .options import StrategyOptions
 
 Report = dict[str, float | int | str | list]
 
@@ -64,6 +67,19 @@ class ServerStep(Protocol):
 
     def step(self, params: StateDict, delta: StateDict) -> StateDict:
         """The new float tensors; ``params`` must not be modified."""
+
+
+class Parts(NamedTuple):
+    """What a registered strategy is made of: its combiner, and its server step (None: plain, ``--server-lr``)."""
+
+    combiner: Combiner
+    server: ServerStep | None = None
+
+
+class Build(Protocol):
+    """A registered strategy (entry point group ``fedmq.strategies``): builds its parts from the options."""
+
+    def __call__(self, options: StrategyOptions) -> Parts: ...
 
 
 class KeepAll:

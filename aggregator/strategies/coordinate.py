@@ -12,7 +12,8 @@ import math
 import torch
 
 from ...schemas.codec import StateDict
-from .base import KeepAll, Report
+from .base import KeepAll, Parts, Report
+from .options import DEFAULT_TRIM, StrategyOptions
 
 
 def middle_mean(deltas: list[StateDict], cut: int) -> StateDict:
@@ -59,3 +60,13 @@ class TrimmedMean(KeepAll):
 
     def report(self) -> Report:
         return {"trimmed_per_side": self._cut}
+
+
+def median(options: StrategyOptions) -> Parts:
+    """``median`` (registered in pyproject.toml)."""
+    return Parts(Median())
+
+
+def trimmed_mean(options: StrategyOptions) -> Parts:
+    """``trimmed-mean``, with ``--trim``."""
+    return Parts(TrimmedMean(DEFAULT_TRIM if options.trim is None else options.trim))

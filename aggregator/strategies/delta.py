@@ -11,7 +11,7 @@ from ...schemas.codec import StateDict
 from .accountant import PrivacyAccountant
 from .base import Combiner, Report, ServerStep
 from .mean import WeightedMean
-from .server import Plain
+from .plain import Plain
 from .tensors import accumulator_dtype, cast_like, clip_, split_delta
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ import logging
 import torch
 
 from ...schemas.codec import StateDict
-from .base import KeepAll, Report
+from .base import KeepAll, Parts, Report
+from .options import StrategyOptions
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -76,3 +77,13 @@ class Krum(KeepAll):
 
     def report(self) -> Report:
         return self._report
+
+
+def krum(options: StrategyOptions) -> Parts:
+    """``krum`` (registered in pyproject.toml), with ``--krum-f``."""
+    return Parts(Krum(options.krum_f))
+
+
+def multi_krum(options: StrategyOptions) -> Parts:
+    """``multi-krum``, with ``--krum-f`` and ``--krum-m``."""
+    return Parts(Krum(options.krum_f, multi=True, m=options.krum_m))

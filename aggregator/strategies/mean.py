@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ...schemas.codec import StateDict
-from .base import Report
+from .base import Parts, Report
+from .options import StrategyOptions
 
 
 class WeightedMean:
@@ -40,3 +41,13 @@ class WeightedMean:
 
     def report(self) -> Report:
         return {}
+
+
+def fedavg(options: StrategyOptions) -> Parts:
+    """``fedavg`` (registered in pyproject.toml): the weighted mean and a plain server step."""
+    return Parts(WeightedMean())
+
+
+def fedprox(options: StrategyOptions) -> Parts:
+    """``fedprox``: aggregated as fedavg; its proximal term (``--mu``) is the silos' (edge_client/fedprox.py)."""
+    return Parts(WeightedMean())

@@ -1,14 +1,20 @@
-"""``StrategyOptions``: every knob of the aggregation strategies, checked once."""
+"""``StrategyOptions``: every knob of the aggregation strategies, checked once; the strategy names.
+
+Torch-free, so the CLI can offer the names and check the options before anything heavy loads.
+The names are those registered in the entry point group ``fedmq.strategies`` (pyproject.toml, and
+any other installed package's), read from the installed metadata: nothing is imported to list them.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import ConfigError
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "median", "trimmed-mean", "krum", "multi-krum", "fedadam", "fedyogi",
-                  "fedadagrad")
+# Which options apply to which built-in strategies (a plug-in of another package takes the shared ones only).
 ADAPTIVE_NAMES = ("fedadam", "fedyogi", "fedadagrad")
 ROBUST_NAMES = ("median", "trimmed-mean", "krum", "multi-krum")
 KRUM_NAMES = ("krum", "multi-krum")
@@ -22,11 +28,26 @@ DEFAULT_TAU = 1e-3
 DEFAULT_DP_DELTA = 1e-5
 
 
+@functools.cache
+def strategy_names() -> tuple[str, ...]:
+    """The registered strategy names, sorted (read once: it scans the installed packages' metadata)."""
+    from ...plugins import STRATEGIES, names  # importlib.metadata: 0.05 s that `fedmq --help` need not pay
+
+    return tuple(names(STRATEGIES))
+
+
+def __getattr__(name: str) -> Any:
+    """``STRATEGY_NAMES``, computed on first use so that importing this module reads no metadata."""
+    if name == "STRATEGY_NAMES":
+        return strategy_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass(frozen=True)
 class StrategyOptions:
     """``None`` means "not given": the strategy's default, and an error where the option does not apply.
 
-    name: one of ``STRATEGY_NAMES``; fedprox aggregates as fedavg (its proximal term is the silos').
+    name: a registered strategy (``strategy_names()``); fedprox aggregates as fedavg (its proximal term is the silos').
     trim: trimmed-mean's fraction cut from each side, 0 <= trim < 0.5 (default 0.1).
     krum_f: byzantine updates krum/multi-krum tolerate (default: the most the round's n allows, n > 2f + 2).
     krum_m: how many best-scored updates multi-krum averages (default n - f).
@@ -98,8 +119,8 @@ def _integer(options: StrategyOptions, field: str, low: int) -> None:
 
 def validate(o: StrategyOptions) -> None:
     """Raise ConfigError, with a hint, for a value out of range or an option that makes no sense with the others."""
-    if o.name not in STRATEGY_NAMES:
-        raise ConfigError(f"unknown strategy {o.name!r}", hint=f"choose one of: {', '.join(STRATEGY_NAMES)}")
+    if o.name not in strategy_names():
+        raise ConfigError(f"unknown strategy {o.name!r}", hint=f"choose one of: {', '.join(strategy_names())}")
     _only_for(o, "trim", ("trimmed-mean",))
     _number(o, "trim", 0.0, 0.5, low_open=False, what=" (the fraction cut from each side; 0.5 would cut everything)")
     _only_for(o, "krum_f", KRUM_NAMES)

@@ -1,7 +1,8 @@
-"""Server steps: how the combined delta moves the global model.
+"""The adaptive server steps, registered as strategies: how the combined delta moves the global model.
 
-``Plain`` is FedAvg's ``x + lr * delta``. The adaptive ones are Reddi et al. 2021, "Adaptive
-Federated Optimization", Algorithm 2, which treats the combined delta as a pseudo-gradient:
+FedAvg's plain ``x + lr * delta`` is in plain.py, shared by every strategy that names no step.
+These are Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2, which treats the
+combined delta as a pseudo-gradient:
 
     m = beta1 * m + (1 - beta1) * delta
     v = v + delta^2                                          FedAdagrad
@@ -20,17 +21,10 @@ from __future__ import annotations
 import torch
 
 from ...schemas.codec import StateDict
+from .base import Parts
+from .mean import WeightedMean
+from .options import DEFAULT_ADAPTIVE_LR, DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_TAU, StrategyOptions
 from .tensors import STATISTICS
-
-
-class Plain:
-    name = "plain"
-
-    def __init__(self, lr: float = 1.0) -> None:
-        self.lr = lr
-
-    def step(self, params: StateDict, delta: StateDict) -> StateDict:
-        return {name: p.add(delta[name], alpha=self.lr) for name, p in params.items()}
 
 
 class Adaptive:
@@ -87,4 +81,25 @@ class FedAdam(Adaptive):
         v.mul_(self.beta2).add_(squared, alpha=1 - self.beta2)
 
 
-ADAPTIVE = {cls.name: cls for cls in (FedAdagrad, FedYogi, FedAdam)}
+def _adaptive(kind: type[Adaptive], o: StrategyOptions) -> Parts:
+    return Parts(WeightedMean(), kind(
+        lr=DEFAULT_ADAPTIVE_LR if o.server_lr is None else o.server_lr,
+        beta1=DEFAULT_BETA1 if o.beta1 is None else o.beta1,
+        beta2=DEFAULT_BETA2 if o.beta2 is None else o.beta2,
+        tau=DEFAULT_TAU if o.tau is None else o.tau,
+    ))
+
+
+def fedadam(options: StrategyOptions) -> Parts:
+    """``fedadam`` (registered in pyproject.toml): the mean delta as FedAdam's pseudo-gradient."""
+    return _adaptive(FedAdam, options)
+
+
+def fedyogi(options: StrategyOptions) -> Parts:
+    """``fedyogi``."""
+    return _adaptive(FedYogi, options)
+
+
+def fedadagrad(options: StrategyOptions) -> Parts:
+    """``fedadagrad``."""
+    return _adaptive(FedAdagrad, options)

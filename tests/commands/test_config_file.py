@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fedmq.broker.server import free_port
 from fedmq.cli import cli
-from fedmq.commands.config_file import known_envvars, load_config, settings, warn_unknown_envvars
+from fedmq.commands.config_file import iter_commands, known_envvars, load_config, settings, warn_unknown_envvars
 from fedmq.errors import ConfigError
 
 SHARED_ENVVARS = {"FEDMQ_BROKER", "FEDMQ_DB", "FEDMQ_CA_FILE", "FEDMQ_SIGNING_KEY"}
@@ -162,11 +162,11 @@ silos = 3
 """)
     default_map = load_config(config, cli)
     assert default_map["log_level"] == "DEBUG"
-    # keys are the long option names, whatever the Python parameter is called (--strategy: name, --keys: keys_dir)
-    assert default_map["aggregator"] == {"rounds": 50, "min_clients": 3, "name": "krum", "sign": True, "keys_dir": "auth/keys",
+    # keys are the long option names, which are also the Python parameter names (click derives variables from them)
+    assert default_map["aggregator"] == {"rounds": 50, "min_clients": 3, "strategy": "krum", "sign": True, "keys": "auth/keys",
                                          "ca_file": "tls/ca.crt", "job": "mnist"}
     assert default_map["client"] == default_map["status"] == {"ca_file": "tls/ca.crt", "job": "mnist"}
-    assert default_map["broker"] == {"acl_job": "+"}  # its own table wins over the top-level job
+    assert default_map["broker"] == {"job": "+"}  # its own table wins over the top-level job
     assert default_map["data"]["synth"] == {"silos": 3}
 
 
@@ -242,12 +242,25 @@ def test_a_top_level_broker_is_shared_by_every_command_with_broker(tmp_path: Pat
     assert default_map == {name: {"broker": "mqtt://broker.example:1883"} for name in with_broker}
 
 
-@pytest.mark.parametrize("section", ["## Configuration files and environment variables", "## Run it on several machines"])
-def test_the_readmes_config_files_load(tmp_path: Path, section: str) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    text = readme[readme.index(section):]
-    text = text[:text.find("\n## ", 1)]
+@pytest.mark.parametrize("page", ["configuration.md", "deployment.md"])
+def test_the_documentations_config_files_load(tmp_path: Path, page: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
     assert blocks
     for i, block in enumerate(blocks):
         assert load_config(write(tmp_path / f"readme-{i}.toml", block), cli)
+
+
+def test_click_reads_every_variable_by_its_long_flag_and_the_tree_is_left_as_it_was(tmp_path: Path) -> None:
+    """click's auto_envvar_prefix names the variables; nothing rewrites the module-level command tree."""
+    from click.testing import CliRunner
+
+    before = {(path, name): option.envvar for path, command in iter_commands(cli) for name, option in settings(command).items()}
+    runner = CliRunner()
+    result = runner.invoke(cli, ["history", "--db", f"sqlite:///{tmp_path / 'x.db'}"], env={"FEDMQ_HISTORY_ROUND": "zero"})
+    assert result.exit_code == 2 and "Invalid value for '--round'" in result.output  # --round's parameter is `round`
+    result = runner.invoke(cli, ["export", "--db", f"sqlite:///{tmp_path / 'x.db'}"], env={"FEDMQ_EXPORT_OUT": ""})
+    assert "Missing option '--out'" in result.output  # an empty variable counts as unset
+    after = {(path, name): option.envvar for path, command in iter_commands(cli) for name, option in settings(command).items()}
+    assert before == after
+    assert all(envvar is None for envvar in after.values())  # own names come from click, shared ones from SharedEnvOption

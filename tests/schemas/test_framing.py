@@ -289,13 +289,14 @@ def test_ttl_expiry_drops_partial_messages() -> None:
     # The TTL counts from the last chunk, not the first: a slow but steady sender is never cut off.
     assert r.add("t", chunks[2], now=115.0) == b"z" * 90
     # A partial that gets nothing more for longer than the TTL is dropped and reported once.
-    assert r.add("t", chunks[0], now=200.0) is None
+    stalled = split_chunks(b"q" * 90, PREFIX_SIZE + 30)
+    assert r.add("t", stalled[0], now=200.0) is None
     r.expire(now=210.5)
     assert r.pending == 0
     assert r.take_dropped() == [("t", "incomplete message: 1 of 3 chunks arrived, then none for 10 s")]
     assert r.take_dropped() == []
     # Its late chunks start a partial of their own, which expires in turn.
-    assert r.add("t", chunks[1], now=211.0) is None
+    assert r.add("t", stalled[1], now=211.0) is None
     assert r.add("t", chunk(b"o" * 16, 0, 1), now=300.0) == b"x"
     assert r.pending == 0
     # Expired bytes no longer count against the pending cap.
@@ -537,3 +538,30 @@ def test_one_sender_cannot_hold_more_than_its_share_of_partial_messages() -> Non
     assert r.add("good", chunk(b"c" * 16, 0, 2)) is None, "other senders are not affected"
     assert r.add("evil", chunk(b"a" * 16, 1, 2)) == b"xx"
     assert r.add("evil", chunk(b"d" * 16, 0, 2)) is None, "a finished message frees its sender's slot"
+
+
+def test_a_late_resend_of_a_complete_message_is_not_rebuilt() -> None:
+    """After a reconnect the connection sends every chunk again under the same message id; the first
+    copy already arrived whole. The second must not come out as a second message, nor linger as a
+    partial one that later expires into a rejection (issue 16, lead 1)."""
+    chunks = split_chunks(b"x" * 5000, 1000)
+    reassembler = Reassembler(max_message_bytes=10_000, max_pending_per_topic=1)
+    out = [reassembler.add("t", chunk, now=0.0) for chunk in chunks]
+    assert out[-1] is not None and out[:-1] == [None] * (len(chunks) - 1)
+    assert [reassembler.add("t", chunk, now=1.0) for chunk in chunks] == [None] * len(chunks)
+    assert reassembler.pending == 0
+    reassembler.expire(now=10_000.0)
+    assert reassembler.take_dropped() == []
+    # a new message on the same topic still has its room (the late copy took no pending slot)
+    assert [reassembler.add("t", chunk, now=2.0) for chunk in split_chunks(b"y" * 5000, 1000)][-1] is not None
+
+
+def test_the_memory_of_completed_messages_is_bounded() -> None:
+    reassembler = Reassembler(max_message_bytes=10_000, max_completed=3)
+    first = split_chunks(b"a" * 3000, 1000)
+    for chunk in first:
+        reassembler.add("t", chunk, now=0.0)
+    for n in range(3):  # three more messages push the first out of the memory
+        for chunk in split_chunks(bytes([n]) * 3000, 1000):
+            reassembler.add("t", chunk, now=0.0)
+    assert [reassembler.add("t", chunk, now=1.0) for chunk in first][-1] is not None  # forgotten, so rebuilt

@@ -149,3 +149,13 @@ def test_two_aggregators_starting_at_once_both_get_the_schema(db_url: str) -> No
     for t in threads:
         t.join(timeout=60)
     assert errors == [] and _version(db_url) == head()
+
+
+def test_the_revisions_readers_use_are_alembics() -> None:
+    """Readers find head without importing Alembic (store/migrate.py reads the files); it must agree."""
+    from alembic.script import ScriptDirectory
+    from fedmq.store.migrate import alembic_config, head, revisions
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert revisions() == {script.revision: script.down_revision for script in scripts.walk_revisions()}
+    assert head() == scripts.get_current_head()

@@ -1,0 +1,87 @@
+"""Recording: what the aggregator writes to the store about its job, named by what happened.
+
+The store (``fedmq.store``) knows tables; this knows the job being run (its row, the open round's
+row) and turns each event of the federation into the one store call that records it. Every call is
+its own transaction, so whatever stops the aggregator, the store holds whole events only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from ..schemas import JobSpec, Update
+from ..store import Store
+from .config import AggregatorConfig
+from .policy import Admission
+
+
+class JobRecord:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.job_id = 0
+        self.round_id = 0  # the store's row of the open round (or of the last one opened)
+
+    # -- the job ------------------------------------------------------------------------------------
+    def open_job(self, config: AggregatorConfig, new_spec: JobSpec) -> tuple[JobSpec, int | None]:
+        """The job's spec for this run, and the rounds it completed before (None: a new job).
+
+        A new job is created with ``new_spec``. A stored one is resumed with this run's settings,
+        after checking that it is the same task and model and still has rounds to go."""
+        job = self.store.find_job(config.job)
+        if job is None:
+            self.job_id = self.store.create_job(config.job, new_spec.run_id, new_spec.model_dump()).id
+            return new_spec, None
+        stored = JobSpec.model_validate(job.spec)
+        if (stored.task, stored.model) != (config.task, config.model):
+            raise ConfigError(
+                f"job {config.job!r} in the store is a {stored.task} job with model {stored.model}",
+                hint="use the same --task and --model to resume it, or another --job name",
+            )
+        last = self.store.last_completed_round(job.id)
+        done = last.number if last else 0
+        if done >= config.rounds:
+            raise ConfigError(f"job {config.job!r} already completed {done} round(s)",
+                              hint=f"pass --rounds above {done} to train further, or use another --job name")
+        self.job_id = job.id
+        spec = stored.model_copy(update={"run_id": new_spec.run_id, "rounds": config.rounds, "signed": config.sign,
+                                         "mu": config.mu, "codec": config.codec,
+                                         "status": "running" if stored.labels else "waiting"})
+        return spec, done
+
+    def completed_metrics(self, job: str, through: int) -> list[dict[str, Any]]:
+        """The recorded metrics of the job's completed rounds up to ``through``, in order."""
+        return [r["metrics"] for r in self.store.history(job) if r["status"] == "completed" and r["round"] <= through]
+
+    def job(self, spec: JobSpec) -> None:
+        self.store.update_job(self.job_id, spec.model_dump())
+
+    def silo(self, name: str, online: bool) -> None:
+        self.store.set_silo(self.job_id, name, online)
+
+    # -- rounds ---------------------------------------------------------------------------------------
+    def open_round(self, number: int) -> int:
+        self.round_id = self.store.open_round(self.job_id, number)
+        return self.round_id
+
+    def accepted(self, update: Update, admission: Admission, size: int) -> None:
+        self.store.record_update(self.job_id, self.round_id, update.silo, accepted=True, claimed_round=update.round,
+                                 num_samples=update.num_samples, train_loss=update.train_loss,
+                                 train_seconds=update.train_seconds, size=size,
+                                 base_version=admission.base.version, staleness=admission.staleness)
+
+    def rejected(self, silo: str, reason: str, update: Update | None, size: int, in_round: bool) -> None:
+        """A rejected update, in the open round's record if one is open (``in_round``)."""
+        self.store.record_update(
+            self.job_id, self.round_id if in_round else None, silo, accepted=False, reason=reason,
+            claimed_round=update.round if update else None, num_samples=update.num_samples if update else 0, size=size,
+        )
+
+    def aggregated(self, num_samples: int, digest: str, checkpoint: str) -> None:
+        self.store.mark_aggregated(self.round_id, num_samples, digest, checkpoint)
+
+    def evaluation(self, round_id: int, silo: str, num_samples: int, metrics: dict[str, float]) -> None:
+        self.store.record_evaluation(round_id, silo, num_samples, metrics)
+
+    def completed(self, round_id: int, metrics: dict[str, float]) -> None:
+        self.store.complete_round(round_id, metrics)
