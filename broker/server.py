@@ -106,8 +106,11 @@ def start_mosquitto(host: str, port: int, workdir: Path | None = None, log_file:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(host, port, auth, tls))
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    if log_file:
+        with open(log_file, "ab") as out:  # the child has its own handle; this one is closed at once
+            process = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    else:
+        process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port(host, port, process=process)
     return process
 

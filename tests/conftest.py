@@ -6,16 +6,35 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fedmq.broker.server import free_port, mosquitto_binary, start_mosquitto
 from fedmq.broker.url import BrokerUrl
 
 HOST = "127.0.0.1"
+# Torch in the test processes (jobs in threads) takes one core per process, as the fedmq children do
+# (fedmq_env): `-n auto` already runs one test process per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _cost(item: pytest.Item) -> int:
+    """0: starts processes or a whole job; 1: uses a broker; 2: the rest (milliseconds each)."""
+    if item.get_closest_marker("e2e") or {"fedmq", "run_job", "job_threads"} & set(item.fixturenames):
+        return 0
+    return 1 if {"mosquitto", "own_mosquitto", "postgres_url"} & set(item.fixturenames) else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (a stable sort keeps each module's order within a cost): under
+    `-n auto` they start at once on every core and the short ones fill in at the end, instead of one
+    long test left running alone on one core at the end."""
+    items.sort(key=_cost)
 
 
 class Mosquitto:
@@ -46,7 +65,8 @@ class Mosquitto:
 
 def _require_mosquitto() -> None:
     if mosquitto_binary() is None:
-        pytest.fail("the mosquitto binary is required for these tests: apt-get install mosquitto")
+        pytest.fail("the mosquitto binary is required for these tests: apt-get install mosquitto (./dev.sh test does)",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +109,8 @@ def postgres_url() -> Iterator[str]:
     except Exception as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         pytest.fail(f"PostgreSQL is required: cannot create a database through {admin_url!r} ({reason}). Start "
-                    f"a server on 127.0.0.1:5432 with trust auth or set ${POSTGRES_ENV} to an admin URL.", pytrace=False)
+                    f"it (`service postgresql start`; .ci/run does) with trust auth on 127.0.0.1:5432 and a database "
+                    f"`test`, or set ${POSTGRES_ENV} to an admin URL.", pytrace=False)
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -109,9 +130,23 @@ def run_fedmq(*args: str, cwd: Path | None = None, timeout: float = 120) -> subp
 
 
 def start_fedmq(*args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``env`` adds to the environment (say, FEDMQ_BROKER with a password that must not be in the arguments)."""
-    return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env={**fedmq_env(), **(env or {})})
+    """``env`` adds to the environment (say, FEDMQ_BROKER with a password that must not be in the arguments).
+    The child writes to ``log``; this process closes its own handle of it at once."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, env={**fedmq_env(), **(env or {})})
+
+
+def stop_processes(procs: Iterable[subprocess.Popen]) -> None:
+    """Kill what is still running and reap every process (no zombie, no ResourceWarning)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass  # in uninterruptible sleep: nothing more to do from here
 
 
 def wait_for_fedmq(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
@@ -122,22 +157,98 @@ def wait_for_fedmq(procs: dict[str, subprocess.Popen], logs: Path, timeout: floa
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
+            stop_processes(procs.values())
             pytest.fail(f"{name} did not finish in time:\n" + (logs / f"{name}.log").read_text()[-3000:])
         assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n" + (logs / f"{name}.log").read_text()[-3000:]
 
 
 class FedmqCli:
     """The `fedmq` command line as child processes, for tests: ``run`` waits, ``start`` does not,
-    ``wait_all`` waits for started ones."""
+    ``wait_all`` waits for started ones. Whatever ``start`` started and a test left running is killed
+    at the session's end at the latest (tests stop their own in their finally blocks)."""
 
     run = staticmethod(run_fedmq)
-    start = staticmethod(start_fedmq)
     wait_all = staticmethod(wait_for_fedmq)
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, *args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.started.append(start_fedmq(*args, log=log, cwd=cwd, env=env))
+        return self.started[-1]
 
 
 @pytest.fixture(scope="session")
-def fedmq() -> FedmqCli:
-    """Stateless, so one for the session: module-scoped fixtures (a job shared by a module's tests) use it too."""
-    return FedmqCli()
+def fedmq() -> Iterator[FedmqCli]:
+    """One for the session, so module-scoped fixtures (a job shared by a module's tests) use it too;
+    whatever a test left running is killed and reaped at the session's end at the latest."""
+    cli = FedmqCli()
+    yield cli
+    stop_processes(cli.started)
+
+
+# -- a whole job in this process: the aggregator and the silos in threads -------------------------------
+JOB_TIMEOUT_S = 180.0  # a 2-round job of the small CNN takes a few seconds; this is for a loaded machine
+
+
+class JobThreads:
+    """The aggregator and each silo client of one job, each in a daemon thread started at once.
+
+    Daemon threads, and ``finish`` waits with a deadline: a job that hangs fails its test with what
+    is still running, and never keeps pytest from exiting. An exception in a thread is raised again
+    in the test's thread.
+    """
+
+    def __init__(self, federation: Any | None, silos: Sequence[Any] = ()) -> None:
+        """``federation``: None when the aggregator is elsewhere (a `fedmq aggregator` process, say)."""
+        self.codes: dict[str, int] = {}
+        self.errors: list[tuple[str, BaseException]] = []
+        self.threads = [self._start("aggregator", federation.run)] if federation is not None else []
+        self.threads += [self._start(silo.cfg.silo, silo.run) for silo in silos]
+
+    def _start(self, name: str, run: Callable[[], int]) -> threading.Thread:
+        def target() -> None:
+            try:
+                self.codes[name] = run()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread by finish()
+                self.errors.append((name, exc))
+
+        thread = threading.Thread(target=target, name=f"job-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    def finish(self, timeout: float = JOB_TIMEOUT_S, watch: Callable[[], None] | None = None) -> dict[str, int]:
+        """Wait for every thread; the exit code of each (``"aggregator"`` and each silo's name).
+        ``watch`` is called twice a second meanwhile: it may fail the test at once (a process of the
+        job that died, say) instead of at the deadline."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                thread.join(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                if watch is not None and thread.is_alive():
+                    watch()
+        if self.errors:
+            name, exc = self.errors[0]
+            raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+        running = [t.name.removeprefix("job-") for t in self.threads if t.is_alive()]
+        if running:
+            pytest.fail(f"the job did not finish within {timeout:.0f} s; still running: {', '.join(running)}",
+                        pytrace=False)
+        return self.codes
+
+
+def run_in_threads(federation: Any, silos: Sequence[Any], timeout: float = JOB_TIMEOUT_S) -> int:
+    """Run ``federation`` and every silo client to the job's end; the aggregator's exit code (a job
+    not done within ``timeout`` seconds fails the test)."""
+    return JobThreads(federation, silos).finish(timeout)["aggregator"]
+
+
+@pytest.fixture
+def run_job() -> Callable[..., int]:
+    return run_in_threads
+
+
+@pytest.fixture
+def job_threads() -> type[JobThreads]:
+    """For tests that act while the job runs: ``job = job_threads(federation, silos)``, then ``job.finish()``."""
+    return JobThreads

@@ -17,6 +17,8 @@ from fedmq.store.models import UpdateRecord
 from safetensors.torch import load_file
 from sqlalchemy import select
 
+pytestmark = pytest.mark.timeout(300)  # whole jobs in threads: above conftest's JOB_TIMEOUT_S
+
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path, mode: str, run_job) -> None:

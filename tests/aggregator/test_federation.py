@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.federation import Federation
@@ -14,6 +15,8 @@ from fedmq.edge_client.silo import ClientConfig, SiloClient
 from fedmq.schemas import ModelSync, PayloadInfo, Presence, Topics, Update
 from fedmq.schemas.codec import decode_state, encode_state, sha256_hex
 from fedmq.store import Store
+
+pytestmark = pytest.mark.timeout(300)  # whole jobs in threads: above conftest's JOB_TIMEOUT_S
 
 LABELS = ["bars", "cross", "disc", "stripes"]
 
@@ -58,33 +61,45 @@ class HostileSilo:
         self.conn.publish(topic or self.topics.update(self.name), header, payload)
 
 
-def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path) -> None:
+def hold_updates(silo: SiloClient, release: threading.Event, timeout: float = 120) -> SiloClient:
+    """Make ``silo`` hold each trained update back until ``release`` is set (its initial weights go at
+    once): a round the hostile silo must still find open stays open, however fast the silos train."""
+    publish = silo.conn.publish
+
+    def held(topic: str, header, *args, **kwargs) -> int:
+        if isinstance(header, Update) and header.round > 0 and not release.wait(timeout):
+            raise AssertionError(f"{silo.cfg.silo}'s update was held for {timeout} s: the hostile silo never finished")
+        return publish(topic, header, *args, **kwargs)
+
+    silo.conn.publish = held
+    return silo
+
+
+def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path, job_threads) -> None:
     job = "hostile"
-    # Enough local training that every hostile message arrives while the honest silos still train.
-    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=64, test_per_silo=8)
+    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=32, test_per_silo=8)
     store = Store(f"sqlite:///{tmp_path / 'f.db'}")
     config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=1, min_clients=3,
-                              out=tmp_path / "out", round_timeout=120, local_epochs=4, batch_size=8)
+                              out=tmp_path / "out", round_timeout=120, local_epochs=1, batch_size=8)
     federation = Federation(config, store)
-    result: dict[str, int] = {}
-    agg = threading.Thread(target=lambda: result.setdefault("code", federation.run()))
-    agg.start()
     evil = HostileSilo(mosquitto.url, job)
     evil.join()
-    silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
-                                     work_dir=tmp_path / f"w{i}")) for i in range(2)]
-    threads = [threading.Thread(target=s.run) for s in silos]
-    for t in threads:
-        t.start()
-    evil.attack_and_leave()
-    agg.join(timeout=180)
-    for t in threads:
-        t.join(timeout=60)
-    assert result.get("code") == 0
+    # The honest updates wait for the hostile silo's last message, so each bad one (the duplicate of
+    # its good update too) reaches a round that is still open.
+    sent = threading.Event()
+    silos = [hold_updates(SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
+                                                  work_dir=tmp_path / f"w{i}")), sent) for i in range(2)]
+    running = job_threads(federation, silos)
+    try:
+        evil.attack_and_leave()
+    finally:
+        sent.set()
+    codes = running.finish()
+    assert codes == {"aggregator": 0, "s0": 0, "s1": 0}
     [row] = store.history(job)
     assert row["status"] == "completed"
     assert row["clients"] == ["s0", "s1", "zz-evil"]
-    assert row["num_samples"] == 64 + 64 + 10
+    assert row["num_samples"] == 32 + 32 + 10
     reasons = [u.reason for u in _updates(store) if not u.accepted]
     expected = ["NaN", "shape", "unexpected sneaky", "not this round's global model", "round 7 but round 1",
                 "out of range", "another silo's topic", "duplicate"]

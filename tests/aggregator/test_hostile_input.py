@@ -9,10 +9,10 @@ and only the honest updates (and the hostile silo's one good update per round) m
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +28,8 @@ from fedmq.schemas.signing import sign
 from fedmq.store import Store
 from fedmq.store.models import UpdateRecord
 from sqlalchemy import select
+
+pytestmark = pytest.mark.timeout(300)  # whole jobs in threads: above conftest's JOB_TIMEOUT_S
 
 LABELS = ["bars", "cross", "disc", "stripes"]
 CHUNK = 16 * 1024
@@ -60,16 +62,20 @@ class HostileSilo:
         self.conn.set_retained(self.topics.presence(EVIL), Presence(
             job=self.topics.job, silo=EVIL, online=True, task="classification", labels=LABELS))
 
-    def wait_for_round(self, number: int) -> tuple[dict, str, str]:
+    def wait_for_round(self, number: int, asked_again: bool = False) -> tuple[dict, str, str]:
+        """The model of round ``number``; with ``asked_again``, only as sent again to this silo alone."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             sync = self.conn.receive(timeout=1)
-            if sync is not None and isinstance(sync.header, ModelSync) and sync.topic == self.topics.model_for(EVIL):
+            if sync is None or not isinstance(sync.header, ModelSync):
+                continue
+            again = sync.topic == self.topics.model_for(EVIL)
+            if again:
                 self.asked_again.append(sync.header.train_round)
-            if sync is not None and isinstance(sync.header, ModelSync) and sync.header.train_round == number:
+            if sync.header.train_round == number and (again or not asked_again):
                 weights = decode_state(sync.payload, sync.header.payload.codec, 1 << 28)
                 return weights, sync.header.payload.sha256, sync.header.run_id
-        raise AssertionError(f"round {number} never reached the hostile silo")
+        raise AssertionError(f"round {number}'s model never reached the hostile silo{' again' if asked_again else ''}")
 
     def header(self, payload: bytes, round_number: int, base: str, run_id: str, signed: bool = True, **changes) -> Update:
         info = PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload))
@@ -114,7 +120,9 @@ class HostileSilo:
         self.raw(split_chunks(pack_message(other, payload), CHUNK))  # signed by a key that is not EVIL's
         spoofed = self.header(payload, 1, digest, run_id)
         self.raw(split_chunks(pack_message(spoofed, payload), CHUNK), topic=self.topics.update("s0"))
-        time.sleep(3)  # past the aggregator's stall timeout: the truncated message is rejected in this round
+        # The truncated message stalls: the aggregator rejects it in this round, then asks this silo for
+        # its update again by sending it the round's model on its own topic. Wait for that.
+        self.wait_for_round(1, asked_again=True)
         # Finally a good update, its chunks out of order and repeated, so round 1 can close with EVIL in it.
         good = pack_message(self.header(payload, 1, digest, run_id), payload)
         shuffled = split_chunks(good, CHUNK)
@@ -128,13 +136,12 @@ class HostileSilo:
         weights, digest, run_id = self.wait_for_round(2)
         header, payload = self.sent_good[1]
         self.raw(split_chunks(pack_message(header, payload), CHUNK))  # replay of round 1's signed update
-        time.sleep(1)
         self.send(weights, 2, digest, run_id)
         self.conn.set_retained(self.topics.presence(EVIL), Presence(job=self.topics.job, silo=EVIL, online=False))
         self.conn.close()
 
 
-def test_a_hostile_member_cannot_crash_poison_or_impersonate(mosquitto, tmp_path: Path) -> None:
+def test_a_hostile_member_cannot_crash_poison_or_impersonate(mosquitto, tmp_path: Path, job_threads) -> None:
     job = "hostile-signed"
     data = synth_classification(tmp_path / "D", silos=2, train_per_silo=16, test_per_silo=8)
     keys_dir = tmp_path / "keys"
@@ -144,24 +151,14 @@ def test_a_hostile_member_cannot_crash_poison_or_impersonate(mosquitto, tmp_path
     config = AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=2, min_clients=3, out=tmp_path / "out",
                               round_timeout=120, chunk_size=CHUNK, sign=True, keys_dir=keys_dir, stall_timeout=2)
     federation = Federation(config, store)
-    result: dict[str, int] = {}
-    agg = threading.Thread(target=lambda: result.setdefault("code", federation.run()))
-    agg.start()
     evil = HostileSilo(mosquitto.url, job, evil_key)
     evil.join()
     silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
                                      work_dir=tmp_path / f"w{i}", signing_key=private[f"s{i}"])) for i in range(2)]
-    codes: dict[str, int] = {}
-    threads = [threading.Thread(target=lambda s=s: codes.setdefault(s.cfg.silo, s.run())) for s in silos]
-    for t in threads:
-        t.start()
+    running = job_threads(federation, silos)
     evil.attack_round_1()
     evil.attack_round_2()
-    agg.join(timeout=180)
-    for t in threads:
-        t.join(timeout=60)
-    assert result.get("code") == 0, "the aggregator finished the job"
-    assert codes == {"s0": 0, "s1": 0}
+    assert running.finish() == {"aggregator": 0, "s0": 0, "s1": 0}, "the aggregator finished the job"
 
     rows = store.history(job)
     assert [r["status"] for r in rows] == ["completed", "completed"]

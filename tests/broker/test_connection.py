@@ -100,19 +100,20 @@ def test_last_will_marks_a_vanished_silo_offline(mosquitto) -> None:
 
 def _upload_at_once(url, topics: Topics, senders: int, payload: bytes) -> None:
     """``senders`` silos publish an update of ``payload`` at once, their chunks interleaved: each
-    sender's first chunk goes out before any sender's second."""
+    sender's first chunk arrives before any sender's second. One connection sends them all, on each
+    silo's topic in turn: MQTT keeps a connection's order, which several connections (each with its
+    own network thread) would not, so the interleaving holds however loaded the machine is."""
     header = ModelSync(job=topics.job, run_id="r1", version=0, train_round=1,
                        payload=PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload)))
-    conns = [_conn(url, f"tx{i}", []) for i in range(senders)]
+    conn = _conn(url, "tx", [])
     chunks = encode_chunks(header, payload, 4096)
     try:
         infos = [conn._client.publish(topics.update(f"s{i}"), chunk, qos=1)
-                 for chunk in chunks for i, conn in enumerate(conns)]
+                 for chunk in chunks for i in range(senders)]
         for info in infos:
             info.wait_for_publish(10)
     finally:
-        for conn in conns:
-            conn.close()
+        conn.close()
 
 
 def test_simultaneous_uploads_of_many_silos_all_arrive(mosquitto) -> None:

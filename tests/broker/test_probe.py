@@ -181,6 +181,7 @@ def test_an_acl_that_denies_the_probe_topics_skips_those_checks(tmp_path: Path) 
 
 
 # -- the command line: an error and an exit, not a hang -----------------------------------------------------------------
+@pytest.mark.timeout(240)  # two processes, each given 60 s to say what is missing
 def test_the_aggregator_and_a_silo_exit_with_the_missing_feature_named(limited_mosquitto, tmp_path: Path) -> None:
     url = limited_mosquitto("retain_available false")
     address = f"mqtt://{url.host}:{url.port}"

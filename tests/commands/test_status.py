@@ -42,6 +42,8 @@ def _poll(fedmq, broker: str, what: str, check, procs: dict[str, subprocess.Pope
         time.sleep(0.3)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_status_follows_a_live_job(fedmq, mosquitto, tmp_path: Path) -> None:
     data = tmp_path / "D"
     made = fedmq.run("data", "synth", "--silos", "2", "--out", str(data), "--images-per-silo", "40")

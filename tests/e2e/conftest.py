@@ -1,9 +1,10 @@
 """Brokers other than Mosquitto, each a private instance on free ports with its own config.
 
 RabbitMQ (MQTT plugin), NATS (MQTT over JetStream) and the embedded amqtt broker, next to the
-session's Mosquitto of tests/conftest.py. A broker whose server is not installed is skipped with
-the command that installs it. Nothing here touches the instances a machine may already run as
-services: every broker gets its own ports, data folder and, for RabbitMQ, its own node name.
+session's Mosquitto of tests/conftest.py. Each is required (.ci/run installs them): one whose server
+is not installed fails its tests with the command that installs it. Nothing here touches the
+instances a machine may already run as services: every broker gets its own ports, data folder and,
+for RabbitMQ, its own node name.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class RunningBroker:
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Its own session, so stop() reaches the children (RabbitMQ's script starts beam.smp)."""
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    """Its own session, so stop() reaches the children (RabbitMQ's script starts beam.smp). The child
+    writes to ``log``; this process closes its own handle of it at once."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _listening(broker: RunningBroker, timeout: float) -> RunningBroker:
@@ -77,10 +80,14 @@ def _listening(broker: RunningBroker, timeout: float) -> RunningBroker:
     return broker
 
 
+def missing(server: str, install: str) -> None:
+    pytest.fail(f"{server} is required for these tests and is not installed: {install} (.ci/run does)", pytrace=False)
+
+
 # -- Mosquitto and amqtt ---------------------------------------------------------------------------------
 def start_mosquitto_broker(workdir: Path) -> RunningBroker:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed: apt-get install mosquitto")
+        missing("mosquitto", "apt-get install mosquitto")
     port, log = free_port(HOST), workdir / "mosquitto.log"
     return RunningBroker("mosquitto", port, start_mosquitto(HOST, port, workdir, log_file=log), log)
 
@@ -110,7 +117,7 @@ def nats_config(workdir: Path, client_port: int, mqtt_port: int) -> str:
 def start_nats_broker(workdir: Path) -> RunningBroker:
     binary = shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
     if binary is None:
-        pytest.skip("nats-server is not installed: apt-get install nats-server")
+        missing("nats-server", "apt-get install nats-server")
     port = free_port(HOST)
     conf, log = workdir / "nats.conf", workdir / "nats.log"
     conf.write_text(nats_config(workdir, free_port(HOST), port))
@@ -159,7 +166,7 @@ def rabbitmq_env(workdir: Path, node: str, dist_port: int) -> dict[str, str]:
 def start_rabbitmq_broker(workdir: Path) -> RunningBroker:
     script = rabbitmq_server_script()
     if script is None:
-        pytest.skip("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        missing("rabbitmq-server", "apt-get install rabbitmq-server")
     port = free_port(HOST)
     (workdir / "rabbitmq.conf").write_text(rabbitmq_config(port))
     env = rabbitmq_env(workdir, f"fedmq-test-{port}@localhost", free_port(HOST))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fedmq.broker.server import free_port, wait_for_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 HOST = "127.0.0.1"
 
 
@@ -41,9 +41,11 @@ def test_broker_aggregator_and_three_clients_as_processes(tmp_path: Path, fedmq)
         assert r["status"] == "completed"
         assert r["clients"] == ["s0", "s1", "s2"]
         assert r["num_samples"] == 3 * 160
-        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
         assert r["metrics"]["loss"] > 0
         assert r["rejected"] == 0
+    # It learned: 4 classes (chance 0.25); on this fixed-seed data round 1 is about 0.31, round 2 about 0.51.
+    first, last = (r["metrics"] for r in rounds)
+    assert last["accuracy"] >= 0.4 and last["accuracy"] > first["accuracy"] and last["loss"] < first["loss"], rounds
     assert (tmp_path / "out" / "default" / "round-0002.safetensors").exists()
     loss_lines = (tmp_path / "work0" / "loss.log").read_text().splitlines()
     assert loss_lines and loss_lines[0].startswith("round: 1 epoch: 1 step: 1 total_loss:")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 
 
 def test_detection_job_reports_coco_map(fedmq, mosquitto, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fedmq.store import Store
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 # Enough local work that a round lasts a couple of seconds, so a fault lands inside a job.
 SLOW = ("--local-epochs", "6", "--batch-size", "4", "--lr", "0.02")
@@ -126,7 +126,9 @@ def _assert_rounds(rounds: list[dict], count: int, min_clients: int) -> None:
     for r in rounds:
         assert r["status"] == "completed", r
         assert len(r["clients"]) >= min_clients, r
-        assert 0 <= r["metrics"]["accuracy"] <= 1
+    # Whatever went wrong on the way, the job learned: 4 classes (chance 0.25); SLOW's training gets
+    # the last round to 1.0 on the fixed-seed synthetic data.
+    assert rounds[-1]["metrics"]["accuracy"] >= 0.75, [r["metrics"]["accuracy"] for r in rounds]
 
 
 def test_a_silo_dies_and_a_late_one_takes_its_place(job: Job) -> None:
@@ -201,7 +203,8 @@ def test_the_broker_restarts_mid_job_and_the_job_completes(fedmq, tmp_path: Path
         job.client(1)
         job.wait_for("round 1", job.completed(1))
         own_mosquitto.stop()  # no persistence: every retained message and session is gone
-        time.sleep(2)
+        for name in ("aggregator1", "s0", "s1"):  # the broker is back only once every process lost it
+            _wait_for_text(tmp_path / f"{name}.log", "lost the broker connection")
         own_mosquitto.start()
         rounds = job.finish(["aggregator1", "s0", "s1"])
         _assert_rounds(rounds, 4, min_clients=2)
@@ -232,4 +235,5 @@ def test_buffered_async_mode_records_staleness_per_contribution(job: Job) -> Non
         for c in r["contributions"]:
             assert c["staleness"] == r["round"] - 1 - c["base_version"], "staleness counts versions since the base"
             assert 0 <= c["staleness"] <= 2, "nothing staler than --max-staleness is folded in"
-        assert 0 <= r["metrics"]["accuracy"] <= 1
+    accuracies = [r["metrics"]["accuracy"] for r in rounds]
+    assert max(accuracies) >= 0.5, f"the versions learned (4 classes, chance 0.25): {accuracies}"

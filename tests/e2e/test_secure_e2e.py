@@ -11,7 +11,7 @@ import pytest
 from fedmq.broker.auth import AGGREGATOR, AuthDir
 from fedmq.broker.server import free_port, wait_for_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 HOST = "127.0.0.1"
 SILOS = ["hospital-a", "hospital-b"]
 

@@ -1,5 +1,11 @@
-"""Every strategy runs a real 3-round job with 3 silos: `fedmq aggregator --strategy ...` and three
-`fedmq client` processes on one Mosquitto, checked through `fedmq history --json`."""
+"""Every strategy runs a real 3-round job with 3 silos: a `fedmq aggregator --strategy ...` process and
+three silo clients on one Mosquitto, checked through `fedmq history --json`.
+
+The strategy and its options live in the aggregator, which is a process started by its command line
+here. The silos run the same SiloClient as `fedmq client` does, in threads of this process: the
+command line of the silo is tested end to end elsewhere (test_classification_e2e, test_faults_e2e),
+and three processes per case would import torch 33 times more for nothing this test checks.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fedmq.edge_client.silo import ClientConfig, SiloClient
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+JOB_TIMEOUT_S = 180.0
 
 CASES = {
     "fedavg": [],
@@ -31,34 +39,33 @@ CASES = {
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("strategies") / "D"
     made = subprocess.run([sys.executable, "-m", "fedmq.cli", "data", "synth", "--silos", "3", "--out", str(out),
-                           "--images-per-silo", "40"], capture_output=True, text=True)
+                           "--images-per-silo", "40"], capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     return out
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path, mosquitto, fedmq,
+def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path, mosquitto, fedmq, job_threads,
                                                           tmp_path: Path) -> None:
     strategy = case.split("+")[0] if case != "dp-fedavg" else "fedavg"
     db = f"sqlite:///{tmp_path / 'fedmq.db'}"
     job = f"strategy-{case.replace('+', '-')}"
-    common = ("--broker", mosquitto.address, "--job", job)
-    procs = {"aggregator": fedmq.start("aggregator", *common, "--db", db, "--rounds", "3", "--min-clients", "3",
-                                       "--out", str(tmp_path / "out"), "--lr", "0.05", "--strategy", strategy,
-                                       *CASES[case], log=tmp_path / "aggregator.log")}
-    for i in range(3):
-        procs[f"s{i}"] = fedmq.start("client", *common, "--silo", f"s{i}", "--data", str(data / str(i)),
-                                     "--work-dir", str(tmp_path / f"w{i}"), log=tmp_path / f"s{i}.log")
+    aggregator = fedmq.start("aggregator", "--broker", mosquitto.address, "--job", job, "--db", db, "--rounds", "3",
+                             "--min-clients", "3", "--out", str(tmp_path / "out"), "--lr", "0.05", "--strategy", strategy,
+                             *CASES[case], log=tmp_path / "aggregator.log")
+    silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data / str(i), job=job,
+                                     work_dir=tmp_path / f"w{i}")) for i in range(3)]
+
+    def aggregator_alive() -> None:
+        if aggregator.poll() not in (None, 0):
+            pytest.fail(f"the aggregator exited {aggregator.returncode}:\n" + (tmp_path / "aggregator.log").read_text()[-3000:])
+
+    assert job_threads(None, silos).finish(JOB_TIMEOUT_S, watch=aggregator_alive) == {"s0": 0, "s1": 0, "s2": 0}
     try:
-        for name, proc in procs.items():
-            code = proc.wait(timeout=180)
-            assert code == 0, f"{name} exited {code}:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
+        code = aggregator.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        pytest.fail("the job did not finish:\n" + (tmp_path / "aggregator.log").read_text()[-3000:])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        pytest.fail("the aggregator did not finish after its silos:\n" + (tmp_path / "aggregator.log").read_text()[-3000:])
+    assert code == 0, f"the aggregator exited {code}:\n{(tmp_path / 'aggregator.log').read_text()[-3000:]}"
     rounds = json.loads(fedmq.run("history", "--db", db, "--job", job, "--json").stdout)
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:

@@ -46,13 +46,22 @@ def _worker_pids(log: Path) -> list[int]:
     return [int(pid) for pid in WORKER_PID.findall(log.read_text())]
 
 
-def _wait_for_worker_pids(log: Path, proc: subprocess.Popen, timeout: float) -> list[int]:
+def _wait_for_worker_pids(log: Path, proc: subprocess.Popen, count: int, timeout: float) -> list[int]:
+    """The pids of the silo's ``count`` workers, once it logged starting each."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if pids := _worker_pids(log):
+        if len(pids := _worker_pids(log)) >= count:
             return pids
         time.sleep(0.1)
-    pytest.fail("the silo started no worker:\n" + log.read_text()[-3000:])
+    pytest.fail(f"the silo did not start {count} worker(s):\n" + log.read_text()[-3000:])
+
+
+def _serving(pid: int) -> bool:
+    """Blocked reading its stdin, where rank 0 writes each round: a worker past its start."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -147,6 +156,7 @@ def _history(fedmq, tmp: Path, job: str) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_a_silo_on_two_processes_counts_as_one(fedmq, mosquitto, tmp_path: Path) -> None:
     """The same federation twice at once, on the same data: every silo on one process, and s0 on two."""
     data = tmp_path / "D"
@@ -156,7 +166,7 @@ def test_a_silo_on_two_processes_counts_as_one(fedmq, mosquitto, tmp_path: Path)
     running = {job: _start_job(fedmq, mosquitto.address, tmp_path, job, data, nproc) for job, nproc in jobs.items()}
     deadline = time.monotonic() + 180
     try:
-        workers = _wait_for_worker_pids(tmp_path / "ddp-two-s0.log", running["ddp-two"]["s0"], timeout=60)
+        workers = _wait_for_worker_pids(tmp_path / "ddp-two-s0.log", running["ddp-two"]["s0"], 1, timeout=60)
         for job, procs in running.items():
             _finish(procs, tmp_path, job, deadline)
     finally:
@@ -190,9 +200,12 @@ def test_workers_leave_with_a_killed_silo(fedmq, mosquitto, tmp_path: Path) -> N
                        "--data", str(data / "0"), "--work-dir", str(tmp_path / "work"), "--device", "cpu",
                        "--nproc-per-node", "3", log=log)
     try:
-        workers = _wait_for_worker_pids(log, silo, timeout=60)
-        time.sleep(1.0)  # let them get past their start
-        assert all(_alive(pid) for pid in workers)
+        workers = _wait_for_worker_pids(log, silo, 2, timeout=60)
+        deadline = time.monotonic() + 60
+        while not all(_serving(pid) for pid in workers):  # past their start: importing torch, reading the data
+            assert all(_alive(pid) for pid in workers) and silo.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the workers did not start serving:\n" + log.read_text()[-3000:]
+            time.sleep(0.1)
     finally:
         silo.kill()
         silo.wait(timeout=10)
