@@ -81,16 +81,17 @@ def run_aggregator(*, stop: StopFlag | None = None, **options: Any) -> int:
     which its silos announce. ``stop``: set it to end the run early (exit code 130, the job marked
     interrupted; the same call resumes it).
     """
+    config = aggregator_config(**options)  # checked before the aggregator's modules (torch) load
     from .aggregator.federation import run_aggregator as run
 
-    return run(aggregator_config(**options), stop=stop)
+    return run(config, stop=stop)
 
 
 def silo_config(*, silo: str, data: Path | str, broker: str = DEFAULT_BROKER, ca_file: Path | str | None = None,
                 **options: Any) -> Any:
     """The ``ClientConfig`` that ``run_silo`` runs with the same arguments (checked, nothing started)."""
     from .broker.url import parse_broker_url
-    from .edge_client.config import ClientConfig
+    from .edge_client.config import ClientConfig, check_data_folder
     from .schemas import check_name
 
     known = {f.name for f in dataclasses.fields(ClientConfig)} - {"broker", "silo", "data"}
@@ -103,6 +104,7 @@ def silo_config(*, silo: str, data: Path | str, broker: str = DEFAULT_BROKER, ca
             options[key] = Path(options[key])
     if options.get("job") is not None:
         check_name("job", options["job"])
+    check_data_folder(Path(data))
     return ClientConfig(broker=parse_broker_url(broker, ca_file), silo=check_name("silo", silo), data=Path(data),
                         **options)
 
@@ -115,6 +117,7 @@ def run_silo(*, stop: StopFlag | None = None, **options: Any) -> int:
     ``ca_file``, ``job``, ``work_dir``, ``device``, ``signing_key``, ``nproc_per_node``, ``connect_timeout``.
     ``stop``: set it to leave early (exit code 130, at the next batch boundary; the same call rejoins).
     """
+    config = silo_config(**options)  # checked before the silo's modules (torch) load: bad input is told at once
     from .edge_client.silo import SiloClient
 
-    return SiloClient(silo_config(**options), stop=stop).run()
+    return SiloClient(config, stop=stop).run()

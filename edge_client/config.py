@@ -6,7 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..broker.url import BrokerUrl
+from ..errors import DataError
 from ..schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def check_data_folder(data: Path) -> None:
+    """Raise ``DataError`` unless ``data`` is a folder: checked before anything heavy is imported, so a
+    mistyped ``--data`` is told at once rather than after torch has loaded."""
+    if not data.exists():
+        raise DataError(f"data folder {data} does not exist",
+                        hint="pass the silo's folder with --data, e.g. one made by `fedmq data synth`")
+    if not data.is_dir():
+        raise DataError(f"--data {data} is not a folder", hint="pass the silo's data folder")
 
 
 @dataclass(frozen=True)

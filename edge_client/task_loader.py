@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import plugins
 from ..errors import DataError, FedmqError, TaskError
+from .config import check_data_folder
 from .task import Task
 
 REQUIRED_METHODS = ("build_model", "train", "evaluate")
@@ -26,11 +27,7 @@ def task_for_folder(data: Path) -> str:
     from .data.coco import is_detection_folder
     from .data.image_folder import is_image_folder
 
-    if not data.exists():
-        raise DataError(f"data folder {data} does not exist",
-                        hint="pass the silo's folder with --data, e.g. one made by `fedmq data synth`")
-    if not data.is_dir():
-        raise DataError(f"--data {data} is not a folder", hint="pass the silo's data folder")
+    check_data_folder(data)
     if is_detection_folder(data):
         return "detection"
     if is_image_folder(data):
