@@ -229,6 +229,10 @@ def _strategy_options(f: Any) -> Any:
               help="Folder for the per-round checkpoints (OUT/<job>/round-NNNN.safetensors).")
 @click.option("--round-timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
               help="Seconds a round waits for its silos before aggregating what arrived (at least --min-clients).")
+@click.option("--max-reasks", default=3, show_default=True, type=click.IntRange(0, 1000),
+              help="A round short of --min-clients updates at its deadline asks the silos it still waits for again, "
+                   "and waits another --round-timeout, this many times; then the job fails with the reason "
+                   "(the same command resumes it).")
 @click.option("--mode", default="sync", show_default=True, type=click.Choice(["sync", "async"]),
               help="sync: rounds wait for their silos; async: FedBuff, a new version every --buffer-size updates.")
 @click.option("--buffer-size", default=2, show_default=True, type=click.IntRange(1),

@@ -33,6 +33,16 @@ class UpdateRejected(ProtocolError):
     """A well-formed update that cannot be aggregated (wrong round, shapes, non-finite values...)."""
 
 
+class AlreadyCounted(FedmqError):
+    """A repeat of an update this run already counted (a re-send after a reconnect, a duplicated
+    delivery, an answer to a re-ask): a no-op that is logged, never a rejection and never a second count."""
+
+
+class RoundFailed(FedmqError):
+    """A round cannot complete: too few updates after its deadline and the bounded re-asks. The job
+    stops, marked failed with the reason; the same command resumes it from the last completed round."""
+
+
 class ConfigError(FedmqError):
     """A bad option, a missing or malformed file or folder given on the command line."""
 

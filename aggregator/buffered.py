@@ -10,7 +10,7 @@ versions the global model moved on since. Updates staler than ``max_staleness`` 
 The bases of the last ``max_staleness + 1`` versions are kept in memory to form the deltas.
 An update counts once: the payload digests of the updates counted are kept as long as their base
 can still be admitted, so a copy that arrives after its buffer closed (a re-send after a reconnect)
-is refused as a duplicate instead of being folded into the next version.
+is a logged no-op (``AlreadyCounted``) instead of being folded into the next version.
 ``--rounds`` counts versions; history records each contribution's base version and staleness.
 """
 
@@ -20,11 +20,11 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from ..errors import UpdateRejected
+from ..errors import AlreadyCounted, UpdateRejected
 from ..schemas import Update
 from .config import AggregatorConfig
 from .model import GlobalModel
-from .policy import Admission
+from .policy import Admission, Overrun
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -105,8 +105,8 @@ class BufferedRounds:
                                  "or never sent (too stale or unknown)")
         staleness = self._model.version - base.version
         if update.payload.sha256 in self.counted:
-            raise UpdateRejected(f"duplicate update from {update.silo} (the same payload again, already counted "
-                                 f"from base v{self.counted[update.payload.sha256]})")
+            raise AlreadyCounted(f"{update.silo}'s update from base v{self.counted[update.payload.sha256]} "
+                                 "is already counted (the same payload again)")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
         return Admission(base=base, weight=update.num_samples * staleness_weight(staleness), staleness=staleness)
@@ -125,8 +125,8 @@ class BufferedRounds:
     def ready(self, now: float) -> bool:
         return len(self.current.contributions) >= self.buffer_size
 
-    def overdue(self, now: float, rejected: dict[str, str]) -> None:
-        pass  # a buffer has no deadline: it waits for its updates, however long they take
+    def overdue(self, now: float, rejected: dict[str, str]) -> Overrun | None:
+        return None  # a buffer has no deadline: it waits for its updates, however long they take
 
     def closed(self, last: bool) -> None:
         self.current = None

@@ -33,6 +33,7 @@ class AggregatorConfig:
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
     mu: float = 0.0  # FedProx's proximal weight, applied by the silos (with strategy fedprox)
     round_timeout: float = 1800.0
+    max_reasks: int = 3  # a round short of updates at its deadline asks the silos owed again this many times, then fails
     mode: str = "sync"
     buffer_size: int = 2
     max_staleness: int = 4

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..broker.connection import Connection, Refused
-from ..errors import BrokerError, ConfigError, ProtocolError, UpdateRejected
+from ..errors import AlreadyCounted, BrokerError, ConfigError, ProtocolError, RoundFailed, UpdateRejected
 from ..schemas import Envelope, JobSpec, Presence, Received, TestResult, Update
 from ..schemas.catalog import check_model
 from ..schemas.codec import StateDict, decode_state
@@ -59,6 +59,10 @@ RECORDED_REPORT_KEYS = ("clipped", "krum_f", "dp_epsilon", "dp_round_epsilon", "
 # How long the initial weights wait for min_clients silos to announce the model they built, to take
 # the model most of them share; then any silo's (one that announces none, say) will do.
 FINGERPRINT_WAIT_S = 15.0
+# How long a resumed job waits for the silos that were online when it stopped (their retained presences
+# arrive within moments) before its first round opens with those back: the round is then sampled and
+# announced like any other instead of going to whoever announced itself first.
+RESUME_WAIT_S = 15.0
 
 
 class Federation:
@@ -96,6 +100,7 @@ class Federation:
         self.completed: tuple[int, dict[str, float]] | None = None  # the last evaluated round and its metrics
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
         self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
+        self._awaited: tuple[set[str], float] | None = None  # resumed: (silos online when it stopped, until when)
 
     @property
     def round(self) -> OpenRound | None:
@@ -114,6 +119,7 @@ class Federation:
     def run(self) -> int:
         """Run the job to its end (0), or until ``stop`` is set (130, the job marked interrupted)."""
         self._load_or_create_job()
+        self.link.will(self.spec)  # killed or cut off from here on, the broker says the job is interrupted
         self.link.connect(self.cfg.connect_timeout)
         self.link.publish_spec(self.spec)
         log.info("job %r published on %s; waiting for %d silo(s) on %s",
@@ -135,9 +141,10 @@ class Federation:
             log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
                      checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
             return 0
-        except ConfigError:
-            # The job cannot go on as configured: tell the silos, so they stop waiting.
-            self._set_status("failed")
+        except (ConfigError, RoundFailed) as exc:
+            # The job cannot go on as configured, or a round could not complete: tell the silos, so
+            # they stop waiting, and record why.
+            self._set_status("failed", reason=exc.message[:1000])
             raise
         except BrokerError:
             # The broker is gone for longer than a publish waits, or no longer delivers our topics: this
@@ -148,6 +155,12 @@ class Federation:
             # A second Ctrl-C (or a KeyboardInterrupt from a script): out at once, but the completed
             # rounds stay in the store and the silos keep waiting for the same command to resume the job.
             self._mark_interrupted()
+            raise
+        except Exception as exc:
+            # A fault of ours: the store and the silos learn that the job stopped, and why; the completed
+            # rounds stay, and the same command resumes the job once the cause is fixed.
+            log.exception("the aggregator failed")
+            self._mark_interrupted(f"the aggregator failed: {type(exc).__name__}: {exc}"[:1000])
             raise
         finally:
             self.link.close()
@@ -160,11 +173,26 @@ class Federation:
         if self.global_model is None:
             self._maybe_request_init(now)
         elif self.round is None and not self.finishing:
-            self._open_round(now)
+            if self._quorum_back(now):
+                self._open_round(now)
         elif self.round is not None:
             self._maybe_close_round(now)
         for pending in list(self.evaluations.values()):
             self._maybe_complete_evaluation(pending, now)
+
+    def _quorum_back(self, now: float) -> bool:
+        """May the next round open? Not before ``min_clients`` silos are online; after a resume, not before
+        the silos that were online when the job stopped are back (or RESUME_WAIT_S passed), so that the
+        first round is sampled from all of them rather than opened before any presence was heard (issue 16)."""
+        eligible = self._eligible()
+        if len(eligible) < self.spec.min_clients:
+            return False
+        if self._awaited is not None:
+            silos, until = self._awaited
+            if not silos <= eligible and now < until:
+                return False
+            self._awaited = None
+        return True
 
     def _dispatch(self, incoming: Envelope | Refused) -> None:
         silo = self.topics.silo_of(incoming.topic)
@@ -195,6 +223,8 @@ class Federation:
                 self._on_update_message(header, incoming.payload)
             elif isinstance(header, TestResult):
                 self._on_result(header)
+        except AlreadyCounted as exc:
+            log.info("ignored a repeat from %s: %s", silo, exc.message)  # counted once, and nothing to record
         except UpdateRejected as exc:
             if isinstance(header, Update):
                 self._reject(silo, exc.message, header, len(incoming.payload))
@@ -213,6 +243,7 @@ class Federation:
             self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
             self.next_round = done + 1
             self.strategy.resume(self.record.completed_metrics(self.cfg.job, done))
+        self._awaited = (self.record.online_silos(), time.monotonic() + RESUME_WAIT_S)
         log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
                  f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
         self.record.job(self.spec)
@@ -226,12 +257,13 @@ class Federation:
                        max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
                        mu=c.mu)
 
-    def _mark_interrupted(self) -> None:
-        """Stopped on purpose (a signal): say so in the store first, then on the broker, where the
+    def _mark_interrupted(self, reason: str | None = None) -> None:
+        """Stopped (a signal, or ``reason``): say so in the store first, then on the broker, where the
         silos see it and wait for the same command to resume the job."""
-        self.record.job(self.spec.model_copy(update={"status": "interrupted"}))
+        interrupted = self.spec.model_copy(update={"status": "interrupted", "reason": reason})
+        self.record.job(interrupted)
         try:
-            self.link.publish_spec(self.spec.model_copy(update={"status": "interrupted"}), timeout=3)
+            self.link.publish_spec(interrupted, timeout=3)
         except Exception as exc:  # the broker may be gone too; the store, written above, is what matters
             log.warning("could not announce the interruption to the silos (they learn it when the job resumes): %s", exc)
         log.info("interrupted; run the same command again to resume job %r", self.cfg.job)
@@ -488,8 +520,18 @@ class Federation:
     def _maybe_close_round(self, now: float) -> None:
         if self.policy.ready(now):
             self._aggregate(self.round, now)
-        else:
-            self.policy.overdue(now, self._rejected_in_round)
+            return
+        overrun = self.policy.overdue(now, self._rejected_in_round)
+        if overrun is None:
+            return
+        if overrun.failure is not None:
+            self.record.failed()
+            raise RoundFailed(overrun.failure, hint="bring the silos owed online (or lower --min-clients), then run "
+                                                    "the same command to resume from the last completed round")
+        # What they were sent may be lost (a broker restart, a cut): send it again. A silo that did answer,
+        # but whose answer was lost, sends the same update again; a repeat of a counted one is a no-op.
+        for silo in sorted(overrun.reask & self._eligible()):
+            self._resync(silo)
 
     def _aggregate(self, current: OpenRound, now: float) -> None:
         state = self.strategy.result()

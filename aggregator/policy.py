@@ -33,6 +33,16 @@ from .model import GlobalModel
 
 
 @dataclass(frozen=True)
+class Overrun:
+    """What the federation does about a round past its deadline without enough updates: ask the
+    silos still owed again (``reask``), or, once the re-asks are spent, fail the round (``failure``,
+    the reason). A round never waits without a deadline."""
+
+    reask: frozenset[str] = frozenset()
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
 class Admission:
     """A policy's answer to "may this update count?": yes, decoded against ``base`` (the version the
     silo trained from), folded with ``weight``, ``staleness`` versions behind the global model."""
@@ -82,9 +92,9 @@ class RoundPolicy(Protocol):
     def ready(self, now: float) -> bool:
         """True when the open round should be aggregated now."""
 
-    def overdue(self, now: float, rejected: dict[str, str]) -> None:
-        """The open round is not ready: say why now and then, move its deadline on if it passed.
-        ``rejected``: the silos whose updates this round rejected, with the last reason."""
+    def overdue(self, now: float, rejected: dict[str, str]) -> Overrun | None:
+        """The open round is not ready: say why now and then; past its deadline, what to do about it
+        (None: nothing yet). ``rejected``: the silos whose updates this round rejected, with the last reason."""
 
     def closed(self, last: bool) -> None:
         """The open round was aggregated; ``last``: it was the job's last."""

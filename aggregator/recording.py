@@ -46,10 +46,12 @@ class JobRecord:
             raise ConfigError(f"job {config.job!r} already completed {done} round(s)",
                               hint=f"pass --rounds above {done} to train further, or use another --job name")
         self.job_id = job.id
+        self.store.interrupt_rounds_after(job.id, done)
         spec = stored.model_copy(update={"run_id": new_spec.run_id, "rounds": config.rounds, "signed": config.sign,
                                          "mu": config.mu, "codec": config.codec,
                                          "task_options": config.task_options or stored.task_options,
-                                         "status": "running" if stored.batch_size is not None else "waiting"})
+                                         "status": "running" if stored.batch_size is not None else "waiting",
+                                         "reason": None})
         return spec, done
 
     def completed_metrics(self, job: str, through: int) -> list[dict[str, Any]]:
@@ -61,6 +63,10 @@ class JobRecord:
 
     def silo(self, name: str, online: bool) -> None:
         self.store.set_silo(self.job_id, name, online)
+
+    def online_silos(self) -> set[str]:
+        """The silos the store last saw online for this job (at a resume: the ones to wait for)."""
+        return self.store.online_silos(self.job_id)
 
     # -- rounds ---------------------------------------------------------------------------------------
     def open_round(self, number: int) -> int:
@@ -94,6 +100,10 @@ class JobRecord:
 
     def evaluation(self, round_id: int, silo: str, num_samples: int, metrics: dict[str, float]) -> None:
         self.store.record_evaluation(round_id, silo, num_samples, metrics)
+
+    def failed(self) -> None:
+        """The open round could not complete (``RoundFailed``); the job's spec holds the reason."""
+        self.store.fail_round(self.round_id)
 
     def completed(self, round_id: int, metrics: dict[str, float]) -> None:
         self.store.complete_round(round_id, metrics)

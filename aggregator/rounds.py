@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from ..errors import UpdateRejected
+from ..errors import AlreadyCounted, UpdateRejected
 
 
 @dataclass
@@ -28,11 +28,11 @@ class RoundBook:
     loss_samples: int = 0
 
     def admit(self, silo: str, round_number: int, base_digest: str | None, num_samples: int) -> None:
-        """Raise UpdateRejected unless this update may be folded into this round."""
+        """Raise UpdateRejected unless this update may be folded into this round (AlreadyCounted: it was)."""
         if round_number != self.number:
             raise UpdateRejected(f"update for round {round_number} but round {self.number} is open")
         if silo in self.contributors:
-            raise UpdateRejected(f"duplicate update from {silo} for round {round_number}")
+            raise AlreadyCounted(f"{silo}'s update for round {round_number} is already counted")
         if self.sampled and silo not in self.waiting:
             raise UpdateRejected(f"{silo} was not sampled for round {round_number}")
         if base_digest != self.base_digest:

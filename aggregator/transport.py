@@ -19,6 +19,7 @@ from .model import GlobalModel
 log = logging.getLogger("fedmq.aggregator")
 
 STATUS_TIMEOUT_S = 2.0  # the status is best effort: never hold the loop long for it
+LOST = "the aggregator's connection was lost without a goodbye (killed, crashed or cut off); run the same command to resume"
 
 
 class AggregatorLink:
@@ -45,8 +46,18 @@ class AggregatorLink:
     def limit_message_bytes(self, max_message_bytes: int, senders: int) -> None:
         self.conn.limit_message_bytes(max_message_bytes, senders=senders)
 
+    def will(self, spec: JobSpec) -> None:
+        """The last will that goes with ``spec``: if this process dies or is cut off, the broker tells
+        the silos (and ``fedmq status``) that the job is interrupted, and why. A job that ended leaves
+        its final spec as its will, so a late drop changes nothing."""
+        ended = spec.status in ("finished", "failed", "interrupted")
+        self.conn.set_will(self.topics.init, spec if ended else spec.model_copy(update={"status": "interrupted",
+                                                                                          "reason": LOST}))
+
     def publish_spec(self, spec: JobSpec, timeout: float = 30.0) -> None:
-        """The job spec, retained on the init topic: how a silo learns the job, whenever it starts."""
+        """The job spec, retained on the init topic: how a silo learns the job, whenever it starts.
+        The last will follows it (``will``)."""
+        self.will(spec)
         self.conn.set_retained(self.topics.init, spec, timeout=timeout)
 
     def publish_status(self, status: RoundStatus) -> bool:

@@ -104,6 +104,12 @@ class Connection:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
 
+    def set_will(self, topic: str, header: Message) -> None:
+        """Make ``header`` (retained, one chunk) the last will the broker publishes if this connection
+        is lost without a goodbye. Set before ``connect``, or later for the next reconnect."""
+        self._client.will_set(topic, _single_chunk(header), qos=QOS, retain=True)
+        self._will = True
+
     # -- lifecycle -----------------------------------------------------------------------------
     def connect(self, timeout: float = 30.0) -> None:
         """Connect, retrying until ``timeout`` (the broker may still be starting), then subscribe."""

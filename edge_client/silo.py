@@ -165,7 +165,8 @@ class SiloClient:
         if spec.status in ("finished", "failed"):
             if spec.run_id in self.joined:
                 if spec.status == "failed":
-                    log.error("job %r failed at the aggregator (its log says why); leaving", spec.job)
+                    log.error("job %r failed at the aggregator: %s; leaving", spec.job,
+                              spec.reason or "its log says why")
                     return 1
                 log.info("job %r finished; leaving", spec.job)
                 return 0
@@ -175,7 +176,8 @@ class SiloClient:
         if spec.status == "interrupted":
             if self.run_state is not None and self.run_state.spec.run_id == spec.run_id:
                 self.run_state.spec = spec  # stops continuous (async) training until the job resumes
-            log.info("the aggregator of job %r stopped; waiting for it to resume", spec.job)
+            log.info("the aggregator of job %r stopped%s; waiting for it to resume", spec.job,
+                     f" ({spec.reason})" if spec.reason else "")
             return None
         if spec.signed and self.key is None:
             raise ConfigError(f"job {spec.job!r} requires signed updates and this silo has no signing key",

@@ -83,6 +83,8 @@ class JobSpec(_RunHeader):
     class name to the same output index even when its own data lacks some classes. It turns to
     ``finished`` (or ``failed``) at the end; the spec stays retained so a late silo learns that too.
     ``interrupted`` means the aggregator was stopped and will resume: silos wait for it.
+    ``reason`` says why a job is ``interrupted`` or ``failed`` (the aggregator's last will sets it
+    when its connection is lost without a goodbye); None otherwise.
     ``num_classes``, when set, sizes the model's output beyond the labels (say, to load a
     checkpoint trained on more classes).
     """
@@ -115,6 +117,7 @@ class JobSpec(_RunHeader):
     max_update_bytes: Annotated[int, Field(ge=1024)]
     signed: bool = False  # silos must sign updates and results (schemas/signing.py)
     mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
+    reason: Annotated[str, Field(max_length=1000)] | None = None  # why it is interrupted or failed
 
     @model_validator(mode="after")
     def _fixed_once_started(self) -> JobSpec:

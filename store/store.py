@@ -176,6 +176,15 @@ class Store:
             s.flush()
             return row.id
 
+    def interrupt_rounds_after(self, job_id: int, number: int) -> None:
+        """A job resumes after round ``number``: the rounds its last run left open (or aggregated but not
+        evaluated) are marked interrupted, so history shows no round as open that nothing runs. Each is
+        reset when the resumed job opens it again."""
+        with self.session() as s, s.begin():
+            for row in s.scalars(select(Round).where(Round.job_id == job_id, Round.number > number,
+                                                     Round.status != "interrupted")):
+                row.status, row.finished_at = "interrupted", utcnow()
+
     @staticmethod
     def _reset_round(s: Session, row: Round) -> None:
         """A round reopened after an aggregator restart starts clean: what it had counted was never
@@ -235,6 +244,11 @@ class Store:
                 s.add(Silo(job_id=job_id, name=name, online=online))
             else:
                 row.online, row.last_seen = online, utcnow()
+
+    def online_silos(self, job_id: int) -> set[str]:
+        """The silos last recorded online for the job (at a resume: those that were online when it stopped)."""
+        with self.session() as s:
+            return set(s.scalars(select(Silo.name).where(Silo.job_id == job_id, Silo.online.is_(True))))
 
     # -- reading, for `fedmq history` ------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from fedmq.aggregator.buffered import BufferedRounds
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.model import GlobalModel
 from fedmq.broker.url import BrokerUrl
-from fedmq.errors import UpdateRejected
+from fedmq.errors import AlreadyCounted, UpdateRejected
 from fedmq.schemas import PayloadInfo, Update
 
 DIGEST = "ab" * 32
@@ -32,7 +32,7 @@ def test_an_update_folded_into_one_version_is_refused_by_the_next() -> None:
     policy.count(first, policy.admit(first))
     policy.closed(last=False)
     policy.open(2, v1, asked={"a", "b"}, sampled=False, min_clients=1, now=1.0)
-    with pytest.raises(UpdateRejected, match="duplicate"):
+    with pytest.raises(AlreadyCounted, match="already counted"):
         policy.admit(first)  # the same update again: its base v0 is within max_staleness, but it was counted
     other = _update("b", v0, digest="cd" * 32)
     assert policy.admit(other).staleness == 1  # a different update from the same base still counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class HostileSilo:
         self.conn._client.publish(self.topics.update(self.name), b"FMQ\x01" + b"\x00" * 40, qos=1).wait_for_publish(5)
         self._send(weights, 1, digest, run_id, topic=self.topics.update("s0"))  # spoofing another silo's topic
         self._send(weights, 1, digest, run_id)  # finally a good one, so round 1 can close
-        self._send(weights, 1, digest, run_id)  # and a duplicate of it
+        self._send(weights, 1, digest, run_id)  # and a repeat of it: a logged no-op, neither counted nor rejected
         self.conn.set_retained(self.topics.presence(self.name), Presence(job=self.topics.job, silo=self.name, online=False))
         self.conn.close()
 
@@ -75,7 +76,9 @@ def hold_updates(silo: SiloClient, release: threading.Event, timeout: float = 12
     return silo
 
 
-def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path, job_threads) -> None:
+def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, tmp_path: Path, job_threads,
+                                                                    caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fedmq.aggregator")
     job = "hostile"
     data = synth_classification(tmp_path / "D", silos=2, train_per_silo=32, test_per_silo=8)
     store = Store(f"sqlite:///{tmp_path / 'f.db'}")
@@ -84,8 +87,8 @@ def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, t
     federation = Federation(config, store)
     evil = HostileSilo(mosquitto.url, job)
     evil.join()
-    # The honest updates wait for the hostile silo's last message, so each bad one (the duplicate of
-    # its good update too) reaches a round that is still open.
+    # The honest updates wait for the hostile silo's last message, so each bad one (and the repeat of
+    # its good update) reaches a round that is still open.
     sent = threading.Event()
     silos = [hold_updates(SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data[i], job=job,
                                                   work_dir=tmp_path / f"w{i}")), sent) for i in range(2)]
@@ -102,10 +105,12 @@ def test_bad_updates_are_recorded_as_rejected_and_the_job_completes(mosquitto, t
     assert row["num_samples"] == 32 + 32 + 10
     reasons = [u.reason for u in _updates(store) if not u.accepted]
     expected = ["NaN", "shape", "unexpected sneaky", "not this round's global model", "round 7 but round 1",
-                "out of range", "another silo's topic", "duplicate"]
+                "out of range", "another silo's topic"]
     for needle in expected:
         assert any(needle in r for r in reasons), (needle, reasons)
     assert row["rejected"] == len(reasons) == len(expected)
+    # The repeat of its good update was counted once (the sample sum above) and not recorded (issue 16).
+    assert "zz-evil's update for round 1 is already counted" in caplog.text
     assert 0 <= row["metrics"]["accuracy"] <= 1
     store.close()
 

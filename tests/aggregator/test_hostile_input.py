@@ -135,7 +135,7 @@ class HostileSilo:
     def attack_round_2(self) -> None:
         weights, digest, run_id = self.wait_for_round(2)
         header, payload = self.sent_good[1]
-        self.raw(split_chunks(pack_message(header, payload), CHUNK))  # replay of round 1's signed update
+        self.raw(split_chunks(pack_message(header, payload), CHUNK))  # replay of round 1's signed update: a no-op
         self.send(weights, 2, digest, run_id)
         self.conn.set_retained(self.topics.presence(EVIL), Presence(job=self.topics.job, silo=EVIL, online=False))
         self.conn.close()
@@ -171,10 +171,12 @@ def test_a_hostile_member_cannot_crash_poison_or_impersonate(mosquitto, tmp_path
         "signature does not verify", "another silo's topic",
     ]
     _assert_reasons(rejected[1], round_1)
-    _assert_reasons(rejected[2], ["round 1 but round 2"])
+    # The replay of round 1's update in round 2 repeats what round 1 counted (same run, silo and round): a
+    # logged no-op, neither a second count (the sample sums above) nor a rejection (issue 16).
+    assert rejected.get(2, []) == []
     # Chunks lost on the way are not the update's fault: the aggregator asked for round 1's update again.
     assert 1 in evil.asked_again
-    assert [r["rejected"] for r in rows] == [len(rejected[1]), len(rejected[2])]
+    assert [r["rejected"] for r in rows] == [len(rejected[1]), 0]
     store.close()
 
 

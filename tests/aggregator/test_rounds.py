@@ -4,7 +4,7 @@ counted twice or into the wrong round, and no round closes with fewer than min_c
 from __future__ import annotations
 
 from fedmq.aggregator.rounds import RoundBook, sample_silos
-from fedmq.errors import UpdateRejected
+from fedmq.errors import AlreadyCounted, UpdateRejected
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +38,9 @@ def test_no_double_counting_no_wrong_round_no_thin_round(evts, min_clients: int,
             _, silo, claimed, digest, samples = event
             try:
                 book.admit(silo, claimed, digest, samples)
+            except AlreadyCounted:
+                assert (silo, claimed) in counted, "only what was counted is a repeat"
+                continue
             except UpdateRejected:
                 continue
             assert claimed == book.number, "only the open round's updates are admitted"
@@ -85,3 +88,43 @@ def test_sampling_is_seeded_and_never_below_min_clients(eligible, fraction, min_
     assert sampled == (asked != eligible)
     by_count, _ = sample_silos(eligible, None, per_round, min_clients, seed, 1)
     assert len(by_count) == min(max(per_round, min_clients), len(eligible))
+
+
+def test_a_repeat_of_a_counted_update_is_a_no_op_in_its_round_and_after_it_closed() -> None:
+    """Issue 16: a repeat (a re-send after a reconnect, an answer to a re-ask) is never a rejection,
+    whether it comes while its round is open or after the round closed."""
+    from fedmq.aggregator.config import AggregatorConfig
+    from fedmq.aggregator.model import GlobalModel
+    from fedmq.aggregator.sync import SyncRounds
+    from fedmq.broker.url import BrokerUrl
+    from fedmq.schemas import PayloadInfo, Update
+    import torch
+
+    policy = SyncRounds(AggregatorConfig(broker=BrokerUrl("127.0.0.1", 1), rounds=3, round_timeout=60))
+    model = GlobalModel.of(0, {"w": torch.zeros(2)}, "shuffle+zstd")
+    policy.open(1, model, asked={"a", "b"}, sampled=False, min_clients=1, now=0.0)
+    update = Update(job="j", run_id="r", silo="a", round=1, base_digest=model.digest, num_samples=5,
+                    payload=PayloadInfo(codec="shuffle+zstd", size=1, sha256="ab" * 32))
+    policy.count(update, policy.admit(update))
+    try:
+        policy.admit(update)
+    except AlreadyCounted as exc:
+        assert "already counted" in exc.message
+    else:
+        raise AssertionError("a repeat in the open round was admitted")
+    policy.closed(last=False)
+    policy.open(2, GlobalModel.of(1, {"w": torch.ones(2)}, "shuffle+zstd"), asked={"a", "b"}, sampled=False,
+                min_clients=1, now=1.0)
+    try:
+        policy.admit(update)
+    except AlreadyCounted as exc:
+        assert "round is closed" in exc.message
+    else:
+        raise AssertionError("a repeat of a closed round's update was admitted")
+    late = update.model_copy(update={"silo": "b"})
+    try:
+        policy.admit(late)  # b never sent round 1's update: late, not a repeat, so a recorded rejection
+    except AlreadyCounted:
+        raise AssertionError("an update never counted was taken for a repeat") from None
+    except UpdateRejected as exc:
+        assert "round 1 but round 2" in exc.message
