@@ -15,7 +15,7 @@ from ..errors import UpdateRejected
 from ..schemas import Update
 from .config import AggregatorConfig
 from .model import GlobalModel
-from .policy import Admission
+from .policy import Admission, sample_weight
 from .rounds import RoundBook
 
 log = logging.getLogger("fedmq.aggregator")
@@ -32,6 +32,7 @@ class SyncRounds:
     def __init__(self, config: AggregatorConfig) -> None:
         self.round_timeout = config.round_timeout
         self.rounds = config.rounds
+        self.max_samples = config.max_samples_per_silo
         self.current: RoundBook | None = None
         self._model: GlobalModel | None = None  # the open round's model: every update must be trained on it
         self._last_wait_log = 0.0
@@ -50,7 +51,7 @@ class SyncRounds:
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")
         current.admit(update.silo, update.round, update.base_digest, update.num_samples)
-        return Admission(base=self._model, weight=float(update.num_samples))
+        return Admission(base=self._model, weight=float(sample_weight(update.num_samples, self.max_samples)))
 
     def count(self, update: Update, admission: Admission) -> None:
         current = self.current
