@@ -16,6 +16,7 @@ from fedmq.aggregator.checkpoints import checkpoint_path, load_checkpoint
 from fedmq.aggregator.checks import check_claimed_samples
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.federation import Federation
+from fedmq.aggregator.silos import SiloRegistry
 from fedmq.broker.connection import Connection
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
@@ -83,6 +84,23 @@ def test_the_claim_check_names_both_numbers_and_lets_a_silo_that_declared_nothin
     with pytest.raises(UpdateRejected) as info:
         check_claimed_samples("s0", 161, 160)
     assert "161" in info.value.message and "160" in info.value.message and "declared" in info.value.message
+
+
+def test_the_registry_keeps_what_a_silo_declared_for_this_run() -> None:
+    registry = SiloRegistry("classification", run_id="run-now")
+
+    def announce(online: bool = True, **fields) -> None:
+        registry.update(Presence(job="j", silo="s0", online=online, **(
+            {"task": "classification", "labels": LABELS, **fields} if online else {})))
+
+    announce(run_id="run-before", train_samples=500)
+    assert registry.declared("s0") is None, "a count declared for another run is not this run's"
+    announce(run_id="run-now", train_samples=160)
+    assert registry.declared("s0") == 160
+    announce()  # a re-announcement without it (after a reconnect) keeps what the silo declared
+    assert registry.declared("s0") == 160
+    announce(online=False)
+    assert registry.declared("s0") is None and registry.declared("never-seen") is None
 
 
 # -- (a) a claim above the declared count is a recorded rejection ---------------------------------------
