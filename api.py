@@ -54,6 +54,10 @@ def aggregator_config(*, broker: str = DEFAULT_BROKER, ca_file: Path | str | Non
     task = check_task_name(options.get("task", "classification"))
     if options.get("model") is not None:
         check_model(task, options["model"])
+    cap = options.get("max_samples_per_silo")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ConfigError(f"--max-samples-per-silo {cap!r} is not a positive whole number",
+                          hint="pass the most samples one silo's update may weigh, 1 or more; leave it out for no cap")
     metric = options.get("metric")
     if metric is not None and not (isinstance(metric, str) and 1 <= len(metric) <= 64):
         raise ConfigError(f"--metric {metric!r} is not a metric name", hint="name one of the task's metrics (1 to 64 characters)")

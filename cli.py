@@ -239,6 +239,10 @@ def _strategy_options(f: Any) -> Any:
               help="async: updates folded into each new model version.")
 @click.option("--max-staleness", default=4, show_default=True, type=click.IntRange(0),
               help="async: reject updates trained on a model more than this many versions old.")
+@click.option("--max-samples-per-silo", default=None, type=click.IntRange(1), metavar="N",
+              help="Weight no update by more than N samples (min(num_samples, N)), in sync and async mode, so one "
+                   "silo claiming a huge count cannot outvote the others. History keeps each silo's claimed count. "
+                   "Default: no cap (a claim above what the silo declared when it joined is rejected either way).")
 @click.option("--fraction", default=None, type=click.FloatRange(0, 1, min_open=True),
               help="Sample this share of the online silos for each round (at least --min-clients).")
 @click.option("--clients-per-round", default=None, type=click.IntRange(1),

@@ -3,10 +3,11 @@
 Silos train continuously on whatever global model they hold and send each update as it is done.
 The aggregator folds every ``buffer_size`` updates into a new model version:
 
-    new = global + mean_i(w_i * (x_i - base_i)) / mean_i(w_i),   w_i = n_i / sqrt(1 + s_i)
+    new = global + mean_i(w_i * (x_i - base_i)) / mean_i(w_i),   w_i = min(n_i, N) / sqrt(1 + s_i)
 
 where ``base_i`` is the version the silo trained from and the staleness ``s_i`` is how many
-versions the global model moved on since. Updates staler than ``max_staleness`` are rejected.
+versions the global model moved on since, and ``N`` is ``--max-samples-per-silo`` (no cap by
+default). Updates staler than ``max_staleness`` are rejected.
 The bases of the last ``max_staleness + 1`` versions are kept in memory to form the deltas.
 An update counts once: the payload digests of the updates counted are kept as long as their base
 can still be admitted, so a copy that arrives after its buffer closed (a re-send after a reconnect)
@@ -24,7 +25,7 @@ from ..errors import AlreadyCounted, UpdateRejected
 from ..schemas import Update
 from .config import AggregatorConfig
 from .model import GlobalModel
-from .policy import Admission, Overrun
+from .policy import Admission, Overrun, sample_weight
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -72,6 +73,7 @@ class BufferedRounds:
         self.buffer_size = config.buffer_size
         self.max_staleness = config.max_staleness
         self.rounds = config.rounds
+        self.max_samples = config.max_samples_per_silo
         self.current: Buffer | None = None
         self.bases: dict[str, GlobalModel] = {}  # digest -> a recent version
         self.counted: dict[str, int] = {}  # payload digest of each update counted -> its base version
@@ -109,7 +111,8 @@ class BufferedRounds:
                                  "is already counted (the same payload again)")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
-        return Admission(base=base, weight=update.num_samples * staleness_weight(staleness), staleness=staleness)
+        weight = sample_weight(update.num_samples, self.max_samples) * staleness_weight(staleness)
+        return Admission(base=base, weight=weight, staleness=staleness)
 
     def count(self, update: Update, admission: Admission) -> None:
         buffer = self.current

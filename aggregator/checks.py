@@ -34,6 +34,17 @@ def check_finite(state: StateDict) -> None:
             raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
 
 
+def check_claimed_samples(silo: str, claimed: int, declared: int | None) -> None:
+    """An update may claim no more training samples than its silo declared when it joined.
+
+    ``num_samples`` is the update's FedAvg weight and the silo's own word: unchecked, one silo could
+    claim 2**53 and outvote all the others. A silo that declared nothing (``None``: an earlier fedmq,
+    or a task that cannot tell its size) is let through as before; ``--max-samples-per-silo`` bounds
+    its weight. Fewer than declared is fine (a task may train on a part of its data)."""
+    if declared is not None and claimed > declared:
+        raise UpdateRejected(f"claims {claimed} training samples but silo {silo} declared {declared} when it joined")
+
+
 def update_size_limit(state: StateDict) -> int:
     """The most bytes an update of this model may take on the wire or once decompressed:
     its raw tensors, plus room for the container's header and a tiny compression overhead."""

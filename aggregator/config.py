@@ -37,6 +37,8 @@ class AggregatorConfig:
     mode: str = "sync"
     buffer_size: int = 2
     max_staleness: int = 4
+    # The most samples one update is weighted by (min(num_samples, this)); None: no cap. The store keeps the claim.
+    max_samples_per_silo: int | None = None
     fraction: float | None = None
     clients_per_round: int | None = None
     codec: str = DEFAULT_CODEC

@@ -36,7 +36,7 @@ from ..schemas.signing import verify
 from ..stopping import EXIT_STOPPED, StopFlag
 from ..store import Store
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, save_checkpoint
-from .checks import check_finite, check_tensors, update_size_limit
+from .checks import check_claimed_samples, check_finite, check_tensors, update_size_limit
 from .config import AggregatorConfig
 from .evaluation import PendingEvaluation, weighted_metrics
 from .model import GlobalModel
@@ -503,6 +503,7 @@ class Federation:
         """The one admission path of a round's updates: the policy admits, the tensors are checked and
         folded in, the policy books it, the store records it. Any UpdateRejected on the way is recorded
         as a rejection by ``_dispatch``, and nothing was counted."""
+        check_claimed_samples(update.silo, update.num_samples, self.registry.declared(update.silo))
         admission = self.policy.admit(update)
         base = admission.base
         state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=base.base)

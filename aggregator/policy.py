@@ -52,6 +52,15 @@ class Admission:
     staleness: int = 0
 
 
+def sample_weight(num_samples: int, cap: int | None) -> int:
+    """The samples an update is weighted by: its claim, at most ``cap`` (``--max-samples-per-silo``).
+
+    A silo's ``num_samples`` is its own word, checked only against what it declared when it joined;
+    the cap bounds the share of the model any one silo can have, whatever it claims. Both policies
+    weight by it, so the bound holds in sync and async mode alike."""
+    return num_samples if cap is None else min(num_samples, cap)
+
+
 class OpenRound(Protocol):
     """The open round (sync) or model version being collected (async), as the federation reads it."""
 

@@ -11,6 +11,11 @@ A silo's model is compared with the job's by fingerprint (tensor names, shapes, 
 or, for the silos that announced theirs first, when the job's initial weights are set. A silo whose
 model differs is refused once, with the first difference as the reason, and stays refused for the
 run: it is never counted, and the federation records the refusal.
+
+A silo also declares, with the fingerprint, how many training samples it holds (``train_samples``):
+the most any of its updates may claim (``checks.check_claimed_samples``). A silo that declares none
+(an earlier fedmq, or a task whose ``train_size()`` is 0) is taken as before, its claims unchecked;
+``--max-samples-per-silo`` is what bounds its weight, as every silo's.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class SiloState:
     defaults: TaskDefaults | None = None
     fingerprint: list[TensorInfo] | None = None  # of the model it built for this run
     refused: str | None = None  # why this run refused it (its model differs from the job's); never counted
+    train_samples: int | None = None  # the training samples it declared for this run; None: none declared
 
 
 class Change(Enum):
@@ -77,13 +83,27 @@ class SiloRegistry:
         state = self.silos.get(silo)
         return state.refused if state else None
 
+    def declared(self, silo: str) -> int | None:
+        """The training samples ``silo`` declared for this run, or None (it declared none)."""
+        state = self.silos.get(silo)
+        return state.train_samples if state else None
+
     def update(self, presence: Presence) -> Change:
         before = self.silos.get(presence.silo)
-        fingerprint = presence.fingerprint if presence.run_id == self.run_id else None
-        if before is not None and fingerprint is None and presence.online and before.online:
-            fingerprint = before.fingerprint  # a re-announcement without it (a reconnect) keeps what we know
+        this_run = presence.run_id == self.run_id  # what a silo built or counted for another run is unknown here
+        fingerprint = presence.fingerprint if this_run else None
+        samples = presence.train_samples if this_run else None
+        if before is not None and presence.online and before.online:
+            # a re-announcement without them (a reconnect) keeps what we know
+            fingerprint = before.fingerprint if fingerprint is None else fingerprint
+            samples = before.train_samples if samples is None else samples
+        if fingerprint is not None and samples is None and (before is None or before.fingerprint is None):
+            log.info("silo %s declared no training-sample count (an earlier fedmq, or its task's train_size() is 0): "
+                     "its updates' sample counts are taken unchecked; --max-samples-per-silo bounds their weight",
+                     presence.silo)
         self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels, presence.defaults,
-                                              fingerprint, refused=before.refused if before else None)
+                                              fingerprint, refused=before.refused if before else None,
+                                              train_samples=samples)
         was_online = before is not None and before.online
         if not presence.online:
             if was_online:

@@ -18,7 +18,7 @@ from ..errors import AlreadyCounted, UpdateRejected
 from ..schemas import Update
 from .config import AggregatorConfig
 from .model import GlobalModel
-from .policy import Admission, Overrun
+from .policy import Admission, Overrun, sample_weight
 from .rounds import RoundBook
 
 log = logging.getLogger("fedmq.aggregator")
@@ -40,6 +40,7 @@ class SyncRounds:
         self.max_reasks = config.max_reasks
         self._reasks = 0  # of the open round
         self.rounds = config.rounds
+        self.max_samples = config.max_samples_per_silo
         self.current: RoundBook | None = None
         self._model: GlobalModel | None = None  # the open round's model: every update must be trained on it
         self._last_wait_log = 0.0
@@ -63,7 +64,7 @@ class SyncRounds:
         if current is None:
             raise UpdateRejected(f"update for round {update.round} but no round is open")
         current.admit(update.silo, update.round, update.base_digest, update.num_samples)
-        return Admission(base=self._model, weight=float(update.num_samples))
+        return Admission(base=self._model, weight=float(sample_weight(update.num_samples, self.max_samples)))
 
     def count(self, update: Update, admission: Admission) -> None:
         current = self.current

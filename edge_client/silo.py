@@ -138,7 +138,14 @@ class SiloClient:
         self.conn.set_retained(self.topics.presence(self.cfg.silo), Presence(
             job=self.cfg.job, silo=self.cfg.silo, online=True, task=self.task.name, labels=self.task.labels or None,
             defaults=self.task.defaults, run_id=state.spec.run_id if built else None,
-            fingerprint=fingerprint_of(state.model.state_dict()) if built else None))
+            fingerprint=fingerprint_of(state.model.state_dict()) if built else None,
+            train_samples=self._train_samples() if built else None))
+
+    def _train_samples(self) -> int | None:
+        """The training samples this silo declares for the run: its task's ``train_size()`` once set up.
+        No update may claim more (the aggregator rejects it). None when the task cannot tell (0)."""
+        size = self.task.train_size()
+        return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
     def _handle(self, envelope: Envelope) -> int | None:
         """Handle one message; an exit code once the job this silo took part in has ended."""

@@ -58,7 +58,9 @@ class TrainResult(NamedTuple):
     """What ``Task.train`` returns.
 
     ``num_samples``: the training samples this silo has (its whole training split, also when a DDP
-    sampler gave this process a shard): the weight of its update in FedAvg. Must be above 0.
+    sampler gave this process a shard): the weight of its update in FedAvg. Must be above 0, and at
+    most ``Task.train_size()`` when that is known: the silo declares it when it joins, and the
+    aggregator rejects an update that claims more.
     ``loss``: the mean training loss of the round, or None (say, with 0 local epochs).
     """
 
@@ -225,8 +227,9 @@ class Task(ABC):
         and ``model.eval()``. Return ``EvalResult(num_samples, {"metric": float, ...})``."""
 
     def train_size(self) -> int:
-        """Training samples after ``setup`` (the progress bar's total; DDP's sampler length).
-        The default is ``len(self.train_set)`` when the task keeps one, else 0."""
+        """Training samples after ``setup`` (the progress bar's total; DDP's sampler length; the count the
+        silo declares when it joins, which no ``TrainResult.num_samples`` may exceed). The default is
+        ``len(self.train_set)`` when the task keeps one, else 0 (unknown: the silo declares nothing)."""
         train_set = getattr(self, "train_set", None)
         return len(train_set) if train_set is not None else 0
 

@@ -232,6 +232,11 @@ class Presence(_Header):
     and its task's defaults, so the aggregator can fix the job's labels and options and refuse a
     mismatched silo. Once it has built the job's model it says so again with the model's
     ``fingerprint`` (with ``run_id``): a silo whose model differs from the job's is refused.
+
+    ``train_samples`` (with ``run_id``, once its task was set up for the run) is the number of
+    training samples the silo holds: no update of the run may claim more (``Update.num_samples`` is
+    the silo's FedAvg weight). None: not declared (a silo of an earlier fedmq, or a task that does
+    not know its size). Optional, so the presences of older silos still parse.
     """
 
     type: Literal["presence"] = "presence"
@@ -242,6 +247,7 @@ class Presence(_Header):
     defaults: TaskDefaults | None = None
     run_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # the run the fingerprint is for
     fingerprint: Fingerprint | None = None
+    train_samples: Count | None = None  # declared for the run named by run_id
 
 
 class TaskFailure(_RunHeader):

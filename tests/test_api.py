@@ -18,6 +18,8 @@ def test_aggregator_options_become_its_config_and_leave_task_defaults_open(tmp_p
     assert config.strategy.name == "fedprox" and config.strategy.clip_norm == 5.0 and config.mu == 0.1
     assert config.batch_size is None and config.lr is None and config.model is None, "the task's defaults, later"
     assert aggregator_config(task="detection", batch_size=32).batch_size == 32, "explicit, never a sentinel"
+    assert config.max_samples_per_silo is None, "no cap unless asked"
+    assert aggregator_config(max_samples_per_silo=500).max_samples_per_silo == 500
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -26,6 +28,10 @@ def test_aggregator_options_become_its_config_and_leave_task_defaults_open(tmp_p
     ({"task": "classification", "model": "unet"}, "unknown model 'unet' for task 'classification'"),
     ({"task_options": {"bad key": 1}}, "task option name 'bad key' is not allowed"),
     ({"metric": ""}, "is not a metric name"),
+    ({"max_samples_per_silo": 0}, "--max-samples-per-silo 0 is not a positive whole number"),
+    ({"max_samples_per_silo": -5}, "--max-samples-per-silo -5 is not a positive whole number"),
+    ({"max_samples_per_silo": 2.5}, "--max-samples-per-silo 2.5 is not a positive whole number"),
+    ({"max_samples_per_silo": True}, "--max-samples-per-silo True is not a positive whole number"),
 ])
 def test_bad_aggregator_options_are_one_clear_error(options: dict, words: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -60,3 +60,24 @@ def test_synth_refuses_to_overwrite(fedmq, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("precious")
     _clear_error(fedmq.run("data", "synth", "--silos", "1", "--out", str(tmp_path)), "not empty")
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_max_samples_per_silo_must_be_a_positive_count(tmp_path: Path, monkeypatch) -> None:
+    """From the flag, its variable or the config file alike: click's one-line error, exit 2, nothing started."""
+    from click.testing import CliRunner
+    from fedmq.cli import cli
+
+    for var in ("FEDMQ_AGGREGATOR_MAX_SAMPLES_PER_SILO", "FEDMQ_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    config = tmp_path / "fedmq.toml"
+    config.write_text("[aggregator]\nmax-samples-per-silo = 0\n")
+    runner = CliRunner()
+    flag = "Invalid value for '--max-samples-per-silo'"
+    for args, env, needle in ([["aggregator", "--max-samples-per-silo", "0"], {}, flag],
+                              [["aggregator"], {"FEDMQ_AGGREGATOR_MAX_SAMPLES_PER_SILO": "-3"}, flag],
+                              [["aggregator", "--max-samples-per-silo", "lots"], {}, flag],
+                              [["--config", str(config), "aggregator"], {},
+                               "max-samples-per-silo in [aggregator]: 0 is not in the range x>=1"]):
+        result = runner.invoke(cli, args, env=env)
+        assert result.exit_code == 2, (args, env, result.output)
+        assert needle in result.output and "Traceback" not in result.output, (args, env, result.output)

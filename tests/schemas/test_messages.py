@@ -80,6 +80,8 @@ SAMPLES = {
     ),
     "presence_online": Presence(job="mnist", silo="s", online=True, task="classification", labels=["a", "b"]),
     "presence_offline": Presence(job="mnist", silo="s", online=False),
+    "presence_declared": Presence(job="mnist", silo="s", online=True, task="classification", labels=["a", "b"],
+                                  run_id="run-1", train_samples=160),
 }
 
 FAST = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,6 +127,21 @@ def test_every_message_type_is_sampled() -> None:
 def test_headers_are_frozen() -> None:
     with pytest.raises(pydantic.ValidationError):
         SAMPLES["update"].round = 9  # type: ignore[misc]
+
+
+def test_a_presence_declares_its_training_samples_and_an_older_one_without_them_still_parses() -> None:
+    declared = parse_header(dump_header(SAMPLES["presence_declared"]))
+    assert isinstance(declared, Presence) and declared.train_samples == 160
+    older = as_dict("presence_online")  # what a silo of an earlier fedmq sends: no train_samples at all
+    del older["train_samples"]
+    parsed = parse_header(raw(older))
+    assert isinstance(parsed, Presence) and parsed.train_samples is None
+    assert parsed == SAMPLES["presence_online"]
+
+
+@pytest.mark.parametrize("bad", [-1, 2**53 + 1, 1.5, True, "160"])
+def test_a_declared_training_sample_count_is_a_count(bad: object) -> None:
+    refused(dict(as_dict("presence_declared"), train_samples=bad), "invalid 'presence' message", "train_samples")
 
 
 names = st.from_regex(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"), fullmatch=True)
@@ -188,6 +205,7 @@ messages = st.one_of(
         online=st.booleans(),
         task=st.none() | st.sampled_from(["classification", "detection"]),
         labels=labels,
+        train_samples=st.none() | st.integers(0, 2**53),
     ),
 )
 
