@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -51,7 +51,7 @@ class Round(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     aggregated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    num_samples: Mapped[int] = mapped_column(Integer, default=0)
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     model_digest: Mapped[str | None] = mapped_column(String(64))
     checkpoint: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -71,7 +71,7 @@ class UpdateRecord(Base):
     round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))
     silo: Mapped[str] = mapped_column(String(64))
     claimed_round: Mapped[int | None] = mapped_column(Integer)
-    num_samples: Mapped[int] = mapped_column(Integer, default=0)
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     train_loss: Mapped[float | None] = mapped_column(Float)
     train_seconds: Mapped[float | None] = mapped_column(Float)
     bytes: Mapped[int] = mapped_column(Integer, default=0)
@@ -95,7 +95,7 @@ class Evaluation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
     silo: Mapped[str] = mapped_column(String(64))
-    num_samples: Mapped[int] = mapped_column(Integer)
+    num_samples: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[dict] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -99,6 +99,18 @@ def test_failed_round_and_async_update_fields(store: Store) -> None:
         store.round_detail("j", 7)
 
 
+def test_sample_counts_beyond_32_bits_are_recorded(store: Store) -> None:
+    """A claim is recorded even when it is rejected, and a round's sum over many large silos may pass 2^31:
+    PostgreSQL's INTEGER refused both and took the aggregator down (issue 16; revision 0004)."""
+    job = store.create_job("j", "run1", SPEC)
+    rid = store.open_round(job.id, 1)
+    store.record_update(job.id, rid, "liar", accepted=False, reason="claims too many", num_samples=2**53)
+    store.mark_aggregated(rid, 3 * 2**31, "ab" * 32, "ckpt")
+    assert store.record_evaluation(rid, "a", 2**40, {"accuracy": 0.5})
+    detail = store.round_detail("j", 1)
+    assert detail["num_samples"] == 3 * 2**31 and detail["updates"][0]["num_samples"] == 2**53
+
+
 def test_silos_are_recorded_once_and_updated(store: Store) -> None:
     job = store.create_job("j", "run1", SPEC)
     store.set_silo(job.id, "a", True)
