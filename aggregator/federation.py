@@ -39,6 +39,7 @@ from .checkpoints import checkpoint_path, load_checkpoint, load_weights_file, sa
 from .checks import check_claimed_samples, check_finite, check_tensors, update_size_limit
 from .config import AggregatorConfig
 from .evaluation import PendingEvaluation, weighted_metrics
+from .lease import JobLease, LeaseLost
 from .model import GlobalModel
 from .modes import make_policy
 from .policy import OpenRound, RoundPolicy
@@ -101,6 +102,7 @@ class Federation:
         self._unix_offset = time.time() - time.monotonic()  # turns monotonic deadlines into wall-clock ones
         self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
         self._awaited: tuple[set[str], float] | None = None  # resumed: (silos online when it stopped, until when)
+        self.lease: JobLease | None = None  # held from the job's opening to the process's end
 
     @property
     def round(self) -> OpenRound | None:
@@ -118,7 +120,14 @@ class Federation:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the job to its end (0), or until ``stop`` is set (130, the job marked interrupted)."""
-        self._load_or_create_job()
+        if not self._load_or_create_job():
+            return EXIT_STOPPED
+        try:
+            return self._run_held()
+        finally:
+            self.lease.release()
+
+    def _run_held(self) -> int:
         self.link.will(self.spec)  # killed or cut off from here on, the broker says the job is interrupted
         self.link.connect(self.cfg.connect_timeout)
         self.link.publish_spec(self.spec)
@@ -141,6 +150,8 @@ class Federation:
             log.info("job %r finished: %d round(s); checkpoints in %s", self.cfg.job, self.spec.rounds,
                      checkpoint_path(self.cfg.out, self.cfg.job, 0).parent)
             return 0
+        except LeaseLost:
+            raise  # another aggregator runs the job now: write nothing more
         except (ConfigError, RoundFailed) as exc:
             # The job cannot go on as configured, or a round could not complete: tell the silos, so
             # they stop waiting, and record why.
@@ -166,6 +177,7 @@ class Federation:
             self.link.close()
 
     def _tick(self, now: float) -> None:
+        self.lease.renew(now)
         if self.spec.status == "waiting":
             self._maybe_start()
         if self.spec.status != "running":
@@ -234,10 +246,18 @@ class Federation:
             log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
 
     # -- job and silos ----------------------------------------------------------------------------
-    def _load_or_create_job(self) -> None:
+    def _load_or_create_job(self) -> bool:
+        """Open the job (new, or resumed from the store) and hold its lease; False if stopped while
+        waiting for another aggregator's lease to expire. Nothing is written before the lease is held."""
         self.spec, done = self.record.open_job(self.cfg, self._new_spec())
+        self.lease = JobLease(self.store, self.job_id, self.cfg.job, self.run_id)
+        self.lease.take(stopped=lambda: bool(self.stop))
+        if not self.lease.held:
+            return False
         if done is None:  # a new job
-            return
+            return True
+        self.spec, done = self.record.open_job(self.cfg, self._new_spec())  # again: the last holder may have moved on
+        self.record.resumed(done)
         path = checkpoint_path(self.cfg.out, self.cfg.job, done)
         if path.exists():
             self._set_global(GlobalModel.of(done, load_checkpoint(path), self.spec.codec))
@@ -247,6 +267,7 @@ class Federation:
         log.info("resuming job %r after round %d (%s)", self.cfg.job, done,
                  f"from {path}" if path.exists() else "no checkpoint, from the initial weights")
         self.record.job(self.spec)
+        return True
 
     def _new_spec(self) -> JobSpec:
         c = self.cfg

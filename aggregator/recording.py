@@ -46,13 +46,17 @@ class JobRecord:
             raise ConfigError(f"job {config.job!r} already completed {done} round(s)",
                               hint=f"pass --rounds above {done} to train further, or use another --job name")
         self.job_id = job.id
-        self.store.interrupt_rounds_after(job.id, done)
         spec = stored.model_copy(update={"run_id": new_spec.run_id, "rounds": config.rounds, "signed": config.sign,
                                          "mu": config.mu, "codec": config.codec,
                                          "task_options": config.task_options or stored.task_options,
                                          "status": "running" if stored.batch_size is not None else "waiting",
                                          "reason": None})
         return spec, done
+
+    def resumed(self, done: int) -> None:
+        """The job resumes after round ``done`` (its lease held): the rounds its last run left open are
+        marked interrupted."""
+        self.store.interrupt_rounds_after(self.job_id, done)
 
     def completed_metrics(self, job: str, through: int) -> list[dict[str, Any]]:
         """The recorded metrics of the job's completed rounds up to ``through``, in order."""

@@ -36,9 +36,10 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # ASYNC_COLUMNS from async mode on (revision 0002) or not (revision 0001).
 LEGACY_TABLES = frozenset({"jobs", "rounds", "updates", "evaluations", "silos"})
 ASYNC_COLUMNS = frozenset({"base_version", "staleness", "superseded"})
-# Jobs with these are at revision 0003 (task plug-ins), and at 0004 if rounds.num_samples is a BIGINT:
-# only create_all of a later models.py makes them without alembic.
+# Jobs with these are at revision 0003 (task plug-ins), at 0004 if rounds.num_samples is a BIGINT, at 0005
+# with LEASE_COLUMNS too: only create_all of a later models.py makes them without alembic.
 TASK_COLUMNS = frozenset({"metric", "task_options"})
+LEASE_COLUMNS = frozenset({"lease_owner", "lease_expires"})
 _PG_LOCK_KEY = 0x66656D71_0001  # pg_advisory_xact_lock key: two aggregators starting at once upgrade one after the other
 VERSION_TABLE = "alembic_version"
 UPGRADE_HINT = "run the aggregator once with this --db, or `fedmq db upgrade --db URL`"
@@ -101,10 +102,13 @@ def _legacy_revision(conn: Connection) -> str | None:
     if not found:
         return "0001"
     if found == ASYNC_COLUMNS:
-        if not TASK_COLUMNS <= {column["name"] for column in inspector.get_columns("jobs")}:
+        job_columns = {column["name"] for column in inspector.get_columns("jobs")}
+        if not TASK_COLUMNS <= job_columns:
             return "0002"
         samples = next(c["type"] for c in inspector.get_columns("rounds") if c["name"] == "num_samples")
-        return "0004" if isinstance(samples, BigInteger) else "0003"
+        if not isinstance(samples, BigInteger):
+            return "0003"
+        return "0005" if LEASE_COLUMNS <= job_columns else "0004"
     raise StoreError(f"the updates table of {where} has {', '.join(sorted(found))} but not "
                      f"{', '.join(sorted(ASYNC_COLUMNS - found))}: a schema no fedmq made",
                      hint="repair the table by hand, or pass another --db")

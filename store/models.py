@@ -36,6 +36,9 @@ class Job(Base):
     spec: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The aggregator run that holds the job, and until when (it renews the lease while it runs).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     rounds: Mapped[list[Round]] = relationship(back_populates="job", order_by="Round.number")
 

@@ -8,11 +8,11 @@ installed works; SQLite and PostgreSQL (psycopg 3) are tested. The tables come f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, inspect, select
+from sqlalchemy import create_engine, event, func, inspect, or_, select, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -96,6 +96,11 @@ def upgrade_store(url: str) -> str:
     return f"upgraded the store at {where} from schema revision {before} to {now}"
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """A stored time as UTC (SQLite gives it back without its zone; it was written in UTC)."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -162,6 +167,33 @@ class Store:
             job.task_options = spec.get("task_options") or {}
             if spec["status"] in ("finished", "failed"):
                 job.finished_at = utcnow()
+
+    # -- the job lease --------------------------------------------------------------------------------
+    def take_lease(self, job_id: int, owner: str, seconds: float,
+                   replacing: str | None = None) -> tuple[str, datetime] | None:
+        """Hold the job for ``owner`` for ``seconds`` if nobody else holds it, the holder's lease expired,
+        or the holder is ``replacing`` (known dead), in one compare-and-set; None if taken (or renewed),
+        else the holder and its expiry."""
+        now = utcnow()
+        free = [Job.lease_owner.is_(None), Job.lease_owner == owner, Job.lease_expires.is_(None),
+                Job.lease_expires < now]
+        if replacing is not None:
+            free.append(Job.lease_owner == replacing)
+        with self.session() as s, s.begin():
+            taken = s.execute(
+                update(Job).where(Job.id == job_id, or_(*free))
+                .values(lease_owner=owner, lease_expires=now + timedelta(seconds=seconds))
+            ).rowcount
+            if taken:
+                return None
+            job = s.get(Job, job_id)
+            return job.lease_owner, _aware(job.lease_expires)
+
+    def release_lease(self, job_id: int, owner: str) -> None:
+        """Give the job up (a clean exit): the next aggregator need not wait for the lease to expire."""
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner)
+                      .values(lease_owner=None, lease_expires=None))
 
     # -- rounds ---------------------------------------------------------------------------------
     def open_round(self, job_id: int, number: int) -> int:

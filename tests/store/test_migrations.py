@@ -39,7 +39,7 @@ def _update_columns(url: str) -> set[str]:
 
 def test_a_fresh_database_is_migrated_to_head_which_matches_the_models(db_url: str) -> None:
     Store(db_url).close()
-    assert _version(db_url) == head() == "0004"
+    assert _version(db_url) == head() == "0005"
     engine = create_engine(db_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -81,7 +81,7 @@ def test_an_e650f6a_store_is_stamped_upgraded_and_keeps_its_rows(db_url: str, e6
 
 def test_a_reader_refuses_an_old_store_and_changes_nothing(db_url: str, e650f6a_store: Callable) -> None:
     e650f6a_store(db_url)
-    with pytest.raises(StoreError, match="has schema revision 0001, older than this fedmq's 0004") as caught:
+    with pytest.raises(StoreError, match="has schema revision 0001, older than this fedmq's 0005") as caught:
         Store(db_url, create=False)
     assert "fedmq db upgrade" in caught.value.hint and "aggregator" in caught.value.hint
     assert _version(db_url) is None and not ASYNC_COLUMNS & _update_columns(db_url)
@@ -96,7 +96,7 @@ def test_a_store_made_by_create_all_with_async_columns_is_stamped_at_head(db_url
     reader.close()
     assert _version(db_url) is None
     store = Store(db_url)
-    assert store.revision_before == "0004" and _version(db_url) == "0004"
+    assert store.revision_before == "0005" and _version(db_url) == "0005"
     store.close()
 
 

@@ -53,9 +53,9 @@ def test_db_upgrade_migrates_an_old_store_once(db_url: str, e650f6a_store: Calla
     e650f6a_store(db_url)
     first = fedmq.run("db", "upgrade", "--db", db_url)
     assert first.returncode == 0, first.stderr
-    assert "from schema revision 0001 to 0004" in first.stdout
+    assert "from schema revision 0001 to 0005" in first.stdout
     again = fedmq.run("db", "upgrade", "--db", db_url)
-    assert again.returncode == 0 and "is up to date (schema revision 0004)" in again.stdout
+    assert again.returncode == 0 and "is up to date (schema revision 0005)" in again.stdout
     reader = Store(db_url, create=False)
     assert [r["round"] for r in reader.history("old")] == [1, 2]
     reader.close()
@@ -64,7 +64,7 @@ def test_db_upgrade_migrates_an_old_store_once(db_url: str, e650f6a_store: Calla
 def test_db_upgrade_creates_the_tables_of_an_empty_database(db_url: str, fedmq) -> None:
     made = fedmq.run("db", "upgrade", "--db", db_url)
     assert made.returncode == 0, made.stderr
-    assert "created the store's tables" in made.stdout and "(schema revision 0004)" in made.stdout
+    assert "created the store's tables" in made.stdout and "(schema revision 0005)" in made.stdout
     reader = Store(db_url, create=False)
     assert reader.jobs() == []
     reader.close()
