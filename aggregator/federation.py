@@ -347,6 +347,8 @@ class Federation:
 
     def _on_presence(self, presence: Presence) -> None:
         change = self.registry.update(presence)
+        if change is Change.STALE:
+            return  # the silo is online: its earlier connection's last will changes nothing
         self.record.silo(presence.silo, presence.online)
         if change is Change.LEFT:
             self._stop_waiting_for(presence.silo)

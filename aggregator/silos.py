@@ -42,6 +42,7 @@ class SiloState:
     defaults: TaskDefaults | None = None
     fingerprint: list[TensorInfo] | None = None  # of the model it built for this run
     refused: str | None = None  # why this run refused it (its model differs from the job's); never counted
+    session: str | None = None  # the connection it announced itself from (Presence.session)
     train_samples: int | None = None  # the training samples it declared for this run; None: none declared
 
 
@@ -49,6 +50,7 @@ class Change(Enum):
     """What a presence changed, for the federation to act on."""
 
     LEFT = "left"  # offline now (whether or not it was online before)
+    STALE = "stale"  # an offline mark from another connection than the one online (a stale last will): no change
     IGNORED = "ignored"  # online, but it may not take part (other task, no key, refused before): not counted
     REFUSED = "refused"  # online, and refused now: the model it built differs from the job's (``refusal``)
     CAME_BACK = "came back"  # online and eligible, and it was not online before
@@ -90,6 +92,11 @@ class SiloRegistry:
 
     def update(self, presence: Presence) -> Change:
         before = self.silos.get(presence.silo)
+        if not presence.online and before is not None and before.online and before.session is not None \
+                and presence.session != before.session:
+            log.info("ignored an offline mark of silo %s from an earlier connection (a stale last will); it is "
+                     "online", presence.silo)
+            return Change.STALE
         this_run = presence.run_id == self.run_id  # what a silo built or counted for another run is unknown here
         fingerprint = presence.fingerprint if this_run else None
         samples = presence.train_samples if this_run else None
@@ -103,7 +110,7 @@ class SiloRegistry:
                      presence.silo)
         self.silos[presence.silo] = SiloState(presence.online, presence.task, presence.labels, presence.defaults,
                                               fingerprint, refused=before.refused if before else None,
-                                              train_samples=samples)
+                                              train_samples=samples, session=presence.session)
         was_online = before is not None and before.online
         if not presence.online:
             if was_online:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,8 @@ class SiloClient:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.trainer = make_trainer(self.task, self.task_spec, config, self.work_dir, self.device)
         self.loss_log = self.work_dir / "loss.log"
-        offline = Presence(job=config.job, silo=config.silo, online=False)
+        self.session = uuid.uuid4().hex[:16]  # this process's connection: a stale will of another marks nobody offline
+        offline = Presence(job=config.job, silo=config.silo, online=False, session=self.session)
         self.conn = connection or Connection(
             config.broker, name=f"fedmq-silo-{config.silo}", subscriptions=self.topics.silo_subscriptions(config.silo),
             max_message_bytes=config.max_model_bytes, will=(self.topics.presence(config.silo), offline),
@@ -123,7 +125,8 @@ class SiloClient:
         finally:
             self.trainer.close()
             try:  # say goodbye explicitly: the last will only fires on an unclean disconnect
-                self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False),
+                self.conn.set_retained(presence, Presence(job=self.cfg.job, silo=self.cfg.silo, online=False,
+                                                          session=self.session),
                                        timeout=5)
             except BrokerError:
                 log.warning("could not mark silo %s offline; the broker will, through its last will", self.cfg.silo)
@@ -139,7 +142,7 @@ class SiloClient:
             job=self.cfg.job, silo=self.cfg.silo, online=True, task=self.task.name, labels=self.task.labels or None,
             defaults=self.task.defaults, run_id=state.spec.run_id if built else None,
             fingerprint=fingerprint_of(state.model.state_dict()) if built else None,
-            train_samples=self._train_samples() if built else None))
+            train_samples=self._train_samples() if built else None, session=self.session))
 
     def _train_samples(self) -> int | None:
         """The training samples this silo declares for the run: its task's ``train_size()`` once set up.
@@ -152,6 +155,9 @@ class SiloClient:
         header = envelope.header
         if isinstance(header, JobSpec):
             return self._on_job(header)
+        if isinstance(header, Presence):
+            self._on_own_presence(header)
+            return None
         state = self.run_state
         if state is None or getattr(header, "run_id", None) != state.spec.run_id or state.spec.status != "running":
             log.debug("ignored a %r message of another run", header.type)
@@ -166,6 +172,16 @@ class SiloClient:
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
         return None
+
+    def _on_own_presence(self, presence: Presence) -> None:
+        """Our retained presence changed: if a last will of an earlier connection of this silo (a half-open
+        one the broker gave up on, or a process before this one) marked it offline, say online again."""
+        if presence.silo != self.cfg.silo or presence.online or presence.session == self.session:
+            return
+        if self.conn.connected:
+            log.info("a stale offline mark from an earlier connection of silo %s replaced its presence; "
+                     "announcing it again", self.cfg.silo)
+            self._announce()
 
     # -- job --------------------------------------------------------------------------------------
     def _on_job(self, spec: JobSpec) -> int | None:

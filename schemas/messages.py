@@ -237,6 +237,10 @@ class Presence(_Header):
     training samples the silo holds: no update of the run may claim more (``Update.num_samples`` is
     the silo's FedAvg weight). None: not declared (a silo of an earlier fedmq, or a task that does
     not know its size). Optional, so the presences of older silos still parse.
+
+    ``session`` names the silo process's connection (random, made when it starts): an offline
+    presence from another session than the one online is a stale last will (of a half-open
+    connection the broker gave up on after the silo restarted) and marks nobody offline.
     """
 
     type: Literal["presence"] = "presence"
@@ -248,6 +252,7 @@ class Presence(_Header):
     run_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # the run the fingerprint is for
     fingerprint: Fingerprint | None = None
     train_samples: Count | None = None  # declared for the run named by run_id
+    session: Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$")] | None = None
 
 
 class TaskFailure(_RunHeader):

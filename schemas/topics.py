@@ -103,7 +103,9 @@ class Topics:
         return [self.all_updates, self.all_results, self.all_presence]
 
     def silo_subscriptions(self, silo: str) -> list[str]:
-        return [self.init, self.init_request, self.model, self.model_for(silo), self.test]
+        """What a silo reads: the job, its requests, the models, and its own presence (to undo a stale last
+        will of an earlier connection that marked it offline)."""
+        return [self.init, self.init_request, self.model, self.model_for(silo), self.test, self.presence(silo)]
 
     def observer_subscriptions(self) -> list[str]:
         """What `fedmq status` reads: the job spec, every silo's presence, the aggregator's status; all retained."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from fedmq.broker.connection import Connection
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
 from fedmq.errors import RoundFailed
-from fedmq.schemas import JobSpec, ModelSync, Topics
+from fedmq.schemas import JobSpec, ModelSync, Presence, Topics
 from fedmq.store import Store
 
 from ..conftest import start_fedmq, stop_processes
+from .test_federation import hold_updates
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -196,4 +198,42 @@ def test_a_resumed_job_waits_for_its_silos_and_samples_its_first_round(mosquitto
     assert all(r["status"] == "interrupted" for r in rows[2:]), [(r["round"], r["status"]) for r in rows]
     assert len(rows[0]["clients"]) == 3
     assert len(rows[1]["clients"]) == 2, f"round 2 is sampled from the 3 silos back: {rows[1]['clients']}"
+    store.close()
+
+
+def test_a_stale_last_will_marks_no_live_silo_offline(mosquitto, tmp_path: Path, job_threads, caplog) -> None:
+    """Issue 16, lead 4: an earlier connection of silo s1, half-open, that the broker gives up on after s1
+    restarted, publishes its last will "offline" over s1's retained "online". Before presences named their
+    connection, the aggregator took s1 for gone and the round waited for it to come back."""
+    caplog.set_level(logging.INFO)
+    job = "stale-will"
+    topics = Topics(job)
+    data = synth_classification(tmp_path / "D", silos=2, train_per_silo=16, test_per_silo=8)
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    ghost = Connection(mosquitto.url, "fedmq-silo-s1-before", [], max_message_bytes=1 << 20,
+                       will=(topics.presence("s1"), Presence(job=job, silo="s1", online=False, session="0" * 16)))
+    ghost.connect(timeout=10)
+    federation = Federation(AggregatorConfig(broker=mosquitto.url, job=job, db=store.url, rounds=2, min_clients=2,
+                                             out=tmp_path / "out", round_timeout=60, max_reasks=0), store)
+    silos = [_silo(mosquitto, job, data[i], f"s{i}", tmp_path) for i in range(2)]
+    release = threading.Event()
+    hold_updates(silos[1], release)
+    running = job_threads(federation, silos)
+    try:
+        deadline = time.monotonic() + 120
+        while federation.round is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert federation.round is not None, "round 1 opened"
+        ghost._client.loop_stop()
+        ghost._client.socket().close()  # no DISCONNECT: the broker publishes the ghost's last will
+        deadline = time.monotonic() + 30
+        while "stale offline mark" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        release.set()
+    assert running.finish(timeout=120) == {"aggregator": 0, "s0": 0, "s1": 0}
+    assert "ignored an offline mark of silo s1 from an earlier connection" in caplog.text
+    assert "silo s1 went offline" not in caplog.text
+    assert "announcing it again" in caplog.text, "s1 put its online presence back over the stale will"
+    assert [r["clients"] for r in store.history(job)] == [["s0", "s1"], ["s0", "s1"]]
     store.close()

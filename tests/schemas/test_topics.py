@@ -73,7 +73,7 @@ def test_fixed_topics() -> None:
 def test_subscriptions() -> None:
     t = Topics("job")
     assert t.aggregator_subscriptions() == [t.all_updates, t.all_results, t.all_presence]
-    assert t.silo_subscriptions("a") == [t.init, t.init_request, t.model, t.model_for("a"), t.test]
+    assert t.silo_subscriptions("a") == [t.init, t.init_request, t.model, t.model_for("a"), t.test, t.presence("a")]
     # Silos subscribe to exact topics only; the aggregator only to single-level wildcards.
     for sub in t.silo_subscriptions("a"):
         assert "+" not in sub and "#" not in sub
@@ -84,8 +84,8 @@ def test_subscriptions() -> None:
     for silo in ("a", "b-2"):
         for topic in (t.update(silo), t.result(silo), t.presence(silo)):
             assert sum(mqtt_match(s, topic) for s in aggregator_subs) == 1
-    for topic in t.silo_subscriptions("a"):
-        assert not any(mqtt_match(s, topic) for s in aggregator_subs)
+    for topic in t.silo_subscriptions("a"):  # (but a silo's own presence, which it reads and writes)
+        assert not any(mqtt_match(s, topic) for s in aggregator_subs) or topic == t.presence("a")
     # Silos never receive each other's updates, results, presence or private model syncs.
     for topic in (t.update("b"), t.result("b"), t.presence("b"), t.model_for("b")):
         assert not any(mqtt_match(s, topic) for s in t.silo_subscriptions("a"))
