@@ -12,7 +12,6 @@ are cut smaller, with a warning.
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -26,6 +25,7 @@ from ..errors import BrokerError, Overloaded, ProtocolError
 from ..schemas import DEFAULT_CHUNK_SIZE, Envelope, Reassembler, encode_chunks, unpack_message
 from ..schemas.framing import pack_message, split_chunks
 from ..schemas.messages import JobSpec, Message
+from .inbox import Inbox
 from .probe import BrokerProbe
 from .url import BrokerUrl
 
@@ -65,10 +65,12 @@ class Connection:
         will: tuple[str, Message] | None = None,
         stall_timeout: float = STALL_TIMEOUT_S,
         probe: bool = True,
+        coalesce: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self.subscriptions = list(subscriptions)
-        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.inbox: Inbox[Incoming] = Inbox()
+        self._coalesce = dict(coalesce or {})  # topic -> key: a newer message of the key replaces a waiting one
         self._reassembler = Reassembler(max_message_bytes, ttl=stall_timeout, check_headers=True,
                                         max_pending_per_topic=MAX_PENDING_PER_TOPIC)
         self._reassembly_lock = threading.Lock()  # paho's thread adds chunks; receive() expires stalled ones
@@ -253,10 +255,7 @@ class Connection:
         with self._reassembly_lock:
             self._reassembler.expire()
             self._report_dropped()
-        try:
-            return self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self.inbox.get(timeout=timeout)
 
     def _check_subscriptions(self) -> None:
         if self._deaf is None and self._connected.is_set() and self._online.is_set() and self._suback_topics \
@@ -277,7 +276,7 @@ class Connection:
 
     def _report_dropped(self) -> None:
         for topic, reason in self._reassembler.take_dropped():
-            self.inbox.put(Refused(topic=topic, reason=reason, retry=True))
+            self.inbox.put(Refused(topic=topic, reason=reason, retry=True), force=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
@@ -330,11 +329,11 @@ class Connection:
                 whole = self._reassembler.add(message.topic, message.payload)
                 self._report_dropped()
             if whole is not None:
-                self.inbox.put(unpack_message(whole, topic=message.topic))
+                self.inbox.put(unpack_message(whole, topic=message.topic), self._coalesce.get(message.topic))
         except Overloaded as exc:
-            self.inbox.put(Refused(topic=message.topic, reason=str(exc), retry=True))
+            self.inbox.put(Refused(topic=message.topic, reason=str(exc), retry=True), force=True)
         except ProtocolError as exc:
-            self.inbox.put(Refused(topic=message.topic, reason=str(exc)))
+            self.inbox.put(Refused(topic=message.topic, reason=str(exc)), force=True)
         except Exception:  # a bug here must not kill paho's network thread
             log.exception("unexpected error while handling a message on %s", message.topic)
 

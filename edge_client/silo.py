@@ -84,6 +84,8 @@ class SiloClient:
         self.conn = connection or Connection(
             config.broker, name=f"fedmq-silo-{config.silo}", subscriptions=self.topics.silo_subscriptions(config.silo),
             max_message_bytes=config.max_model_bytes, will=(self.topics.presence(config.silo), offline),
+            # While it trains, only the newest model and test request wait for it (issue 16, lead 7).
+            coalesce={self.topics.model: "model", self.topics.model_for(config.silo): "model", self.topics.test: "test"},
         )
         self.run_state: RunState | None = None
         self.joined: set[str] = set()  # run ids this silo took part in
