@@ -45,6 +45,8 @@ class AggregatorConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     connect_timeout: float = 30.0
+    max_concurrent_uploads: int | None = None  # None: as many as --memory-budget holds (uploads.slots_for)
+    memory_budget: int = 4 * 2**30  # bytes the updates in flight may take
     stall_timeout: float = 120.0  # a partial update that gets no chunk for this long is dropped and rejected
     sign: bool = False  # require updates and results signed by the silos' registered keys
     keys_dir: Path | None = None  # folder of <silo>.pub files

@@ -31,7 +31,7 @@ from ..schemas.catalog import check_model
 from ..schemas.codec import StateDict, decode_state
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.limits import MAX_SILOS_LISTED
-from ..schemas.messages import RoundStatus, TaskFailure
+from ..schemas.messages import RoundStatus, TaskFailure, UploadRequest
 from ..schemas.signing import verify
 from ..stopping import EXIT_STOPPED, StopFlag
 from ..store import Store
@@ -49,6 +49,7 @@ from .rounds import sample_silos
 from .silos import Change, SiloRegistry
 from .strategies import Strategy, make_strategy
 from .transport import AggregatorLink
+from .uploads import UploadSlots, slots_for
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -103,6 +104,8 @@ class Federation:
         self.max_update_bytes = config.max_update_bytes  # tightened once the model's size is known
         self._awaited: tuple[set[str], float] | None = None  # resumed: (silos online when it stopped, until when)
         self.lease: JobLease | None = None  # held from the job's opening to the process's end
+        # Upload flow control: how many silos send their update at once (fixed once the model's size is known).
+        self.uploads = UploadSlots(config.max_concurrent_uploads or 1)
 
     @property
     def round(self) -> OpenRound | None:
@@ -178,6 +181,7 @@ class Federation:
 
     def _tick(self, now: float) -> None:
         self.lease.renew(now)
+        self._grant(self.uploads.expire(now))
         if self.spec.status == "waiting":
             self._maybe_start()
         if self.spec.status != "running":
@@ -211,6 +215,7 @@ class Federation:
         if isinstance(incoming, Refused):
             log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
             if silo and incoming.topic == self.topics.update(silo):
+                self._upload_done(silo)
                 self._reject(silo, incoming.reason)
                 if incoming.retry:  # lost for want of room or chunks, not for what it held: ask for it again
                     self._resync(silo)
@@ -229,6 +234,8 @@ class Federation:
                 verify(header, self.keys)
             if isinstance(header, Presence):
                 self._on_presence(header)
+            elif isinstance(header, UploadRequest):
+                self._on_upload_request(header)
             elif isinstance(header, TaskFailure):
                 self._on_failure(header)
             elif isinstance(header, Update):
@@ -244,6 +251,31 @@ class Federation:
                 log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
         except ProtocolError as exc:
             log.warning("refused a %r message from %s: %s", header.type, silo, exc.message)
+        finally:
+            if isinstance(header, Update) and header.round > 0 or isinstance(header, TaskFailure) and header.phase == "train":
+                self._upload_done(silo)  # whatever became of it, its upload is over: the slot is free
+
+    # -- upload flow control ------------------------------------------------------------------------
+    def _on_upload_request(self, request: UploadRequest) -> None:
+        if request.run_id != self.run_id:
+            return  # a request of an earlier run: the silo learns of this one from the job spec
+        self._grant(self.uploads.ask(request.silo, request.round, time.monotonic()))
+
+    def _upload_done(self, silo: str) -> None:
+        self._grant(self.uploads.done(silo, time.monotonic()))
+
+    def _grant(self, grants: list[tuple[str, int]]) -> None:
+        for silo, round_number in grants:
+            self.link.send_grant(silo, round_number, self.uploads.grant_s)
+
+    def _size_upload_slots(self, update_bytes: int) -> None:
+        """The model's size is known: as many uploads at once as ``--memory-budget`` holds (or
+        ``--max-concurrent-uploads``)."""
+        slots = self.cfg.max_concurrent_uploads or slots_for(self.cfg.memory_budget, update_bytes)
+        how = "--max-concurrent-uploads" if self.cfg.max_concurrent_uploads else \
+            f"a memory budget of {self.cfg.memory_budget / 2**30:.1f} GiB, {update_bytes / 1e6:.1f} MB a model on the wire"
+        log.info("upload flow control: %d silo(s) upload at a time (%s)", slots, how)
+        self._grant(self.uploads.resize(slots, time.monotonic()))
 
     # -- job and silos ----------------------------------------------------------------------------
     def _load_or_create_job(self) -> bool:
@@ -276,7 +308,7 @@ class Federation:
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
                        max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
-                       mu=c.mu)
+                       mu=c.mu, upload_grants=True)
 
     def _mark_interrupted(self, reason: str | None = None) -> None:
         """Stopped (a signal, or ``reason``): say so in the store first, then on the broker, where the
@@ -352,6 +384,7 @@ class Federation:
         self.record.silo(presence.silo, presence.online)
         if change is Change.LEFT:
             self._stop_waiting_for(presence.silo)
+            self._upload_done(presence.silo)
             return
         if change is Change.REFUSED:
             self._refused(presence.silo)
@@ -474,6 +507,7 @@ class Federation:
             # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
             self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
             self._fit_receive_limits()
+            self._size_upload_slots(len(model.payload))
         self.global_model = model
 
     def _fit_receive_limits(self) -> None:
@@ -598,6 +632,11 @@ class Federation:
             return
         pending.results[result.silo] = (result.num_samples, dict(result.metrics))
         pending.waiting.discard(result.silo)
+        for older in self.evaluations.values():
+            # A silo evaluates the models in order and keeps only the newest: having answered this one, it
+            # will not answer an older one (its test request was superseded while the silo was busy).
+            if older.number < result.round:
+                older.waiting.discard(result.silo)
         self.record.evaluation(pending.round_id, result.silo, result.num_samples, dict(result.metrics))
 
     def _maybe_complete_evaluation(self, pending: PendingEvaluation, now: float) -> None:

@@ -50,7 +50,7 @@ class JobRecord:
                                          "mu": config.mu, "codec": config.codec,
                                          "task_options": config.task_options or stored.task_options,
                                          "status": "running" if stored.batch_size is not None else "waiting",
-                                         "reason": None})
+                                         "reason": None, "upload_grants": True})
         return spec, done
 
     def resumed(self, done: int) -> None:

@@ -12,7 +12,7 @@ import logging
 from ..broker.connection import Connection, Incoming
 from ..errors import BrokerError
 from ..schemas import JobSpec, ModelSync, PayloadInfo, TestRequest, Topics
-from ..schemas.messages import InitRequest, RoundStatus
+from ..schemas.messages import InitRequest, RoundStatus, UploadGrant
 from .config import AggregatorConfig
 from .model import GlobalModel
 
@@ -88,6 +88,11 @@ class AggregatorLink:
                            payload=PayloadInfo(codec=model.codec, size=len(model.payload), sha256=model.digest))
         topic = self.topics.model if silo is None else self.topics.model_for(silo)
         self.conn.publish(topic, header, model.payload, chunk_size=chunk_size)
+
+    def send_grant(self, silo: str, round_number: int, seconds: float) -> None:
+        """Let ``silo`` upload its update now (upload flow control, ``uploads.py``)."""
+        self.conn.publish(self.topics.grant(silo), UploadGrant(job=self.job, run_id=self.run_id, silo=silo,
+                                                               round=round_number, seconds=seconds))
 
     def send_test_request(self, number: int, digest: str) -> None:
         self.conn.publish(self.topics.test, TestRequest(job=self.job, run_id=self.run_id, round=number,

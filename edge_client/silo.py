@@ -33,7 +33,7 @@ from ..schemas import (
 )
 from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
 from ..schemas.fingerprint import fingerprint_of
-from ..schemas.messages import InitRequest, TaskFailure
+from ..schemas.messages import InitRequest, TaskFailure, UploadGrant, UploadRequest
 from ..schemas.signing import Signed, sign
 from ..stopping import EXIT_STOPPED, StopFlag, Stopped
 from .config import ClientConfig
@@ -45,6 +45,8 @@ from .task import Task, TaskContext, check_eval_result
 from .task_loader import open_task, task_for_folder
 
 log = logging.getLogger("fedmq.client")
+
+ASK_AGAIN_S = 15.0  # an update still waiting for its upload grant asks again this often
 
 __all__ = ["ClientConfig", "SiloClient"]
 
@@ -64,6 +66,8 @@ class RunState:
     # async mode: the newest model and the version it is meant to make; trained on again and again
     async_target: tuple[int, str] | None = None
     residual: StateDict = field(default_factory=dict)  # delta-topk's error feedback: the change not sent yet
+    # upload flow control (JobSpec.upload_grants): when this silo last asked to send last_update; None: nothing waits
+    upload_asked: float | None = None
 
 
 class SiloClient:
@@ -106,7 +110,12 @@ class SiloClient:
                     log.info("silo %s stopping (%s); run the same command to rejoin", self.cfg.silo, self.stop.reason)
                     return EXIT_STOPPED
                 state = self.run_state
-                keep_training = state is not None and state.async_target is not None and state.spec.status == "running"
+                if state is not None and state.upload_asked is not None \
+                        and time.monotonic() - state.upload_asked >= ASK_AGAIN_S:
+                    self._ask_upload(state, again=True)  # the request or its grant may have been lost
+                # (async: an update waiting for its grant is sent before the next one is trained)
+                keep_training = state is not None and state.async_target is not None and state.spec.status == "running" \
+                    and state.upload_asked is None
                 incoming = self.conn.receive(timeout=0.0 if keep_training else 1.0)
                 if incoming is None and keep_training:
                     # async mode: nothing to answer first, so train again on the newest model
@@ -171,6 +180,8 @@ class SiloClient:
                 self._on_model(state, header, envelope.payload)
             elif isinstance(header, TestRequest):
                 self._on_test_request(state, header)
+            elif isinstance(header, UploadGrant) and header.silo == self.cfg.silo:
+                self._on_grant(state)
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
         return None
@@ -271,6 +282,8 @@ class SiloClient:
         if digest not in state.models:
             weights = decode_state(payload, sync.payload.codec, self.cfg.max_model_bytes)
             state.models = {digest: (sync.version, weights)}  # keep only the newest global model
+            # test requests of older models can no longer be answered: the aggregator goes on without them
+            state.pending_tests = {d: r for d, r in state.pending_tests.items() if r >= sync.version}
             save_file({k: v.contiguous() for k, v in weights.items()},
                       str(self.work_dir / f"global-v{sync.version:04d}.safetensors"))
         self._run_pending_tests(state)
@@ -285,7 +298,7 @@ class SiloClient:
             self._train(state, sync.train_round, digest)
         elif state.last_update and (state.last_update[0].round, state.last_update[0].base_digest) == (sync.train_round, digest):
             log.info("round %d: asked again; sending the same update again", sync.train_round)
-            self._publish_update(*state.last_update, state.spec.chunk_size)
+            self._upload(state)
 
     def _on_test_request(self, state: RunState, request: TestRequest) -> None:
         answered = state.results.get(request.round)
@@ -331,7 +344,7 @@ class SiloClient:
                       "Lower the job's --lr, or check this silo's data", round_number, loss)
             loss = None
         self._send_update(state, round_number, digest, weights, result.num_samples, loss, seconds)
-        log.info("round %d: update sent (loss %s, %.1f s)", round_number, "-" if loss is None else f"{loss:.4f}", seconds)
+        log.info("round %d: trained (loss %s, %.1f s)", round_number, "-" if loss is None else f"{loss:.4f}", seconds)
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
@@ -346,13 +359,39 @@ class SiloClient:
                         payload=PayloadInfo(codec=codec, size=len(payload), sha256=sha256_hex(payload)))
         header = self._signed(header)
         state.last_update = (header, payload)
-        self._publish_update(header, payload, state.spec.chunk_size)
+        self._upload(state)
+
+    def _upload(self, state: RunState) -> None:
+        """Send ``state.last_update`` now, or, with upload flow control, ask for a grant first (``_on_grant``
+        sends it). The initial weights, asked for by the aggregator, go at once."""
+        header, payload = state.last_update
+        if state.spec.upload_grants and header.round > 0:
+            self._ask_upload(state)
+        else:
+            self._publish_update(header, payload, state.spec.chunk_size)
+
+    def _ask_upload(self, state: RunState, again: bool = False) -> None:
+        header, payload = state.last_update
+        if not again:
+            log.info("round %d: update ready (%.1f MB); waiting for the aggregator's go-ahead to send it", header.round,
+                     len(payload) / 1e6)
+        state.upload_asked = time.monotonic()
+        self.conn.publish(self.topics.update(self.cfg.silo), UploadRequest(
+            job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=header.round, size=len(payload)))
+
+    def _on_grant(self, state: RunState) -> None:
+        if state.upload_asked is None or state.last_update is None:
+            return  # a second grant for an update already sent (it had asked again)
+        state.upload_asked = None
+        self._publish_update(*state.last_update, state.spec.chunk_size)
 
     def _signed(self, header: Signed) -> Signed:
         return sign(header, self.key) if self.key is not None else header
 
     def _publish_update(self, header: Update, payload: bytes, chunk_size: int) -> None:
         self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=chunk_size)
+        if header.round > 0:
+            log.info("round %d: update sent (%.1f MB)", header.round, len(payload) / 1e6)
 
     def _run_pending_tests(self, state: RunState) -> None:
         for digest in [d for d in state.pending_tests if d in state.models]:

@@ -118,6 +118,7 @@ class JobSpec(_RunHeader):
     signed: bool = False  # silos must sign updates and results (schemas/signing.py)
     mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
     reason: Annotated[str, Field(max_length=1000)] | None = None  # why it is interrupted or failed
+    upload_grants: bool = False  # silos ask (UploadRequest) and wait for an UploadGrant before each update
 
     @model_validator(mode="after")
     def _fixed_once_started(self) -> JobSpec:
@@ -165,6 +166,29 @@ class TestRequest(_RunHeader):
     type: Literal["test"] = "test"
     round: Annotated[int, Field(ge=1)]
     model_digest: Digest
+
+
+class UploadRequest(_RunHeader):
+    """A silo has an update of ``size`` bytes for ``round`` and asks to send it (on its update topic).
+
+    Upload flow control (``JobSpec.upload_grants``): the aggregator lets a few silos upload at a time,
+    so the updates in flight, each a model's size, stay within its memory budget however many silos
+    finish training at once. A silo asks again now and then until it is granted."""
+
+    type: Literal["upload_request"] = "upload_request"
+    silo: Name
+    round: Count
+    size: Count
+
+
+class UploadGrant(_RunHeader):
+    """The aggregator lets ``silo`` send its update now (on the silo's grant topic); the grant lapses
+    after ``seconds`` if no update came, and the slot goes to the next silo."""
+
+    type: Literal["upload_grant"] = "upload_grant"
+    silo: Name
+    round: Count
+    seconds: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 
 class Update(_RunHeader):
@@ -298,7 +322,8 @@ class RoundStatus(_RunHeader):
 
 
 Message = Annotated[
-    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus | TaskFailure,
+    JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus | TaskFailure
+    | UploadRequest | UploadGrant,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

@@ -77,6 +77,14 @@ class Topics:
         return f"{self.prefix}/status"
 
     # silos -> aggregator
+    def grant(self, silo: str) -> str:
+        """The aggregator's upload grants to one silo (upload flow control)."""
+        return f"{self.prefix}/grant/{check_name('silo', silo)}"
+
+    @property
+    def all_grants(self) -> str:
+        return f"{self.prefix}/grant/+"
+
     def update(self, silo: str) -> str:
         return f"{self.prefix}/update/{check_name('silo', silo)}"
 
@@ -105,7 +113,8 @@ class Topics:
     def silo_subscriptions(self, silo: str) -> list[str]:
         """What a silo reads: the job, its requests, the models, and its own presence (to undo a stale last
         will of an earlier connection that marked it offline)."""
-        return [self.init, self.init_request, self.model, self.model_for(silo), self.test, self.presence(silo)]
+        return [self.init, self.init_request, self.model, self.model_for(silo), self.test, self.presence(silo),
+                self.grant(silo)]
 
     def observer_subscriptions(self) -> list[str]:
         """What `fedmq status` reads: the job spec, every silo's presence, the aggregator's status; all retained."""
@@ -121,7 +130,8 @@ class Topics:
         return [self.update(silo), self.result(silo), self.presence(silo)]
 
     def aggregator_publishes(self) -> list[str]:
-        return [self.init, self.init_request, self.model, self.all_direct_models, self.test, self.status]
+        return [self.init, self.init_request, self.model, self.all_direct_models, self.test, self.status,
+                self.all_grants]
 
     def silo_of(self, topic: str) -> str | None:
         """The silo named by a silo-written topic (update, result, presence) of this job, else None."""

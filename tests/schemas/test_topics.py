@@ -73,7 +73,8 @@ def test_fixed_topics() -> None:
 def test_subscriptions() -> None:
     t = Topics("job")
     assert t.aggregator_subscriptions() == [t.all_updates, t.all_results, t.all_presence]
-    assert t.silo_subscriptions("a") == [t.init, t.init_request, t.model, t.model_for("a"), t.test, t.presence("a")]
+    assert t.silo_subscriptions("a") == [t.init, t.init_request, t.model, t.model_for("a"), t.test, t.presence("a"),
+                                         t.grant("a")]
     # Silos subscribe to exact topics only; the aggregator only to single-level wildcards.
     for sub in t.silo_subscriptions("a"):
         assert "+" not in sub and "#" not in sub
@@ -87,7 +88,7 @@ def test_subscriptions() -> None:
     for topic in t.silo_subscriptions("a"):  # (but a silo's own presence, which it reads and writes)
         assert not any(mqtt_match(s, topic) for s in aggregator_subs) or topic == t.presence("a")
     # Silos never receive each other's updates, results, presence or private model syncs.
-    for topic in (t.update("b"), t.result("b"), t.presence("b"), t.model_for("b")):
+    for topic in (t.update("b"), t.result("b"), t.presence("b"), t.model_for("b"), t.grant("b")):
         assert not any(mqtt_match(s, topic) for s in t.silo_subscriptions("a"))
     with pytest.raises(ConfigError):
         t.silo_subscriptions("a/#")
