@@ -58,6 +58,13 @@ def aggregator_config(*, broker: str = DEFAULT_BROKER, ca_file: Path | str | Non
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise ConfigError(f"--max-samples-per-silo {cap!r} is not a positive whole number",
                           hint="pass the most samples one silo's update may weigh, 1 or more; leave it out for no cap")
+    for key in ("max_concurrent_uploads", "memory_budget"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value!r} is not a positive whole number",
+                              hint="pass a count of uploads" if key == "max_concurrent_uploads" else
+                              "pass a number of bytes (the command line also takes 4GiB, 512MiB...)")
     metric = options.get("metric")
     if metric is not None and not (isinstance(metric, str) and 1 <= len(metric) <= 64):
         raise ConfigError(f"--metric {metric!r} is not a metric name", hint="name one of the task's metrics (1 to 64 characters)")

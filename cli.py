@@ -166,6 +166,28 @@ class RegisteredChoice(click.Choice):
         pass  # click.Choice sets it in __init__; the registry is the source
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: ``4GiB``, ``512MiB``, ``800MB``, ``1e9`` or a plain number."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            size = int(float(number) * self.UNITS[unit])
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size (say 4GiB, 512MiB or 800MB)", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r} is not a positive size", param, ctx)
+        return size
+
+
 def _strategy_options(f: Any) -> Any:
     from .aggregator.strategies.options import strategy_names
 
@@ -243,6 +265,11 @@ def _strategy_options(f: Any) -> Any:
               help="Weight no update by more than N samples (min(num_samples, N)), in sync and async mode, so one "
                    "silo claiming a huge count cannot outvote the others. History keeps each silo's claimed count. "
                    "Default: no cap (a claim above what the silo declared when it joined is rejected either way).")
+@click.option("--max-concurrent-uploads", default=None, type=click.IntRange(1), metavar="K",
+              help="Let K silos send their update at a time (the others wait for a grant); default: as many as "
+                   "--memory-budget holds, two models' size each.")
+@click.option("--memory-budget", default="4GiB", show_default=True, type=ByteSize(),
+              help="Memory the updates in flight may take, which sets how many silos upload at once.")
 @click.option("--fraction", default=None, type=click.FloatRange(0, 1, min_open=True),
               help="Sample this share of the online silos for each round (at least --min-clients).")
 @click.option("--clients-per-round", default=None, type=click.IntRange(1),

@@ -81,3 +81,13 @@ def test_max_samples_per_silo_must_be_a_positive_count(tmp_path: Path, monkeypat
         result = runner.invoke(cli, args, env=env)
         assert result.exit_code == 2, (args, env, result.output)
         assert needle in result.output and "Traceback" not in result.output, (args, env, result.output)
+
+
+def test_memory_budget_takes_sizes_and_refuses_nonsense(fedmq) -> None:
+    from fedmq.cli import ByteSize
+
+    size = ByteSize()
+    assert [size.convert(v, None, None) for v in ("4GiB", "512 MiB", "800MB", "1e9", "1000")] == \
+        [4 * 2**30, 512 * 2**20, 800 * 10**6, 10**9, 1000]
+    bad = fedmq.run("aggregator", "--memory-budget", "3xb")
+    assert bad.returncode == 2 and "'3xb' is not a size (say 4GiB" in bad.stderr, bad.stderr
