@@ -87,6 +87,8 @@ def upload_all(silos: list[PahoSilo], sync: ModelSync, payload: bytes, args: arg
     topics = Topics(JOB)
 
     def send(silo: PahoSilo) -> None:
+        if not args.no_grants:  # upload flow control, as fedmq's silos follow it
+            silo.request_upload(sync.run_id, 1, len(payload), args.timeout)
         silo.publish(topics.update(silo.name), upload.chunks_for(update_header(sync, silo.name, info)))
 
     if args.paced:
@@ -128,7 +130,8 @@ def run_case(n: int, args: argparse.Namespace, work: Path, url: BrokerUrl) -> di
     payload = encode_state(perturbed(state))
     aggregator = AggregatorProcess(work, url, JOB, [
         "--model", MODEL, "--min-clients", str(n), "--rounds", "1", "--init-weights", str(init),
-        "--round-timeout", str(args.round_timeout), "--chunk-size", str(args.chunk_size)], **aggregator_options(args, work))
+        "--round-timeout", str(args.round_timeout), "--chunk-size", str(args.chunk_size),
+        "--memory-budget", str(int(args.budget_models * len(payload)))], **aggregator_options(args, work))
     listener = Listener(url, JOB)
     silos = [PahoSilo(url, JOB, silo_name(i), max_inflight=args.max_inflight) for i in range(n)]
     record: dict[str, Any] = {"clients": n, "model_mb": round(model_mb(state), 2)}
@@ -225,7 +228,8 @@ def outcome(aggregator: AggregatorProcess, record: dict[str, Any], n: int, args:
            "num_samples": first["num_samples"], "updates_accepted": len(first["clients"]), "rejected": first["rejected"],
            "peak_over_baseline_models": round(over, 2), "goal_met": over <= GOAL_MODELS,
            "concurrency": "paced" if args.paced else args.concurrency or n, "round_status": first.get("status"),
-           "chunk_size": args.chunk_size, "strategy": "fedavg"}
+           "chunk_size": args.chunk_size, "strategy": "fedavg", "flow_control": not args.no_grants,
+           "memory_budget_models": args.budget_models, "goal": f"peak <= baseline + {GOAL_MODELS} models"}
     reasons = rejections(aggregator.log_path.read_text(errors="replace"))
     if reasons:
         out["rejection_reasons"] = reasons
@@ -240,6 +244,10 @@ def main() -> None:
                         help="one upload at a time, each once the aggregator counted the previous: no backlog")
     parser.add_argument("--max-inflight", type=int, default=20, help="paho's in-flight QoS 1 messages per silo")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--budget-models", type=float, default=4.0,
+                        help="the aggregator's --memory-budget, in updates of the model on the wire (default 4)")
+    parser.add_argument("--no-grants", action="store_true",
+                        help="silos upload without asking for a grant (as before upload flow control)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds after the model went out, before the baseline")
     parser.add_argument("--round-timeout", type=float, default=600.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each step")

@@ -23,10 +23,10 @@ import torch
 from bench_common import MB, fedmq_cli, rss_mb
 from fedmq.broker.connection import Connection
 from fedmq.broker.url import BrokerUrl
-from fedmq.schemas import DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Presence, Topics, encode_chunks
+from fedmq.schemas import DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Presence, Reassembler, Topics, encode_chunks, unpack_message
 from fedmq.schemas.codec import StateDict
 from fedmq.schemas.framing import PREFIX_SIZE, pack_message, split_chunks
-from fedmq.schemas.messages import Message
+from fedmq.schemas.messages import Message, UploadGrant, UploadRequest
 from paho.mqtt.enums import CallbackAPIVersion
 from safetensors.torch import save_file
 
@@ -83,7 +83,8 @@ class SharedUpload:
 
 
 class PahoSilo:
-    """A silo's MQTT session as plain paho: its presence (and last will), and QoS 1 publishing.
+    """A silo's MQTT session as plain paho: its presence (and last will), QoS 1 publishing, and upload
+    flow control as fedmq's silos follow it (``request_upload``: ask, wait for the grant, ask again).
 
     ``max_inflight`` bounds the chunks paho turns into packets at a time (it packs a queued message
     only when an in-flight slot frees), so N silos uploading at once hold N x max_inflight chunks,
@@ -99,7 +100,34 @@ class PahoSilo:
         self.client.max_inflight_messages_set(max_inflight)
         self.client.will_set(self.topics.presence(name), single_chunk(Presence(job=job, silo=name, online=False)),
                              qos=QOS, retain=True)
-        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.granted = threading.Event()
+        self._grants = Reassembler(1 << 20, ttl=60)
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe(self.topics.grant(self.name), qos=QOS)
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        whole = self._grants.add(message.topic, message.payload)
+        if whole is not None and isinstance(unpack_message(whole, message.topic).header, UploadGrant):
+            self.granted.set()
+
+    def request_upload(self, run_id: str, round_number: int, size: int, timeout: float,
+                       ask_every: float = 15.0) -> float:
+        """Ask the aggregator to upload and wait for its grant (asking again every ``ask_every`` s, as
+        fedmq's silos do); the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        self.granted.clear()
+        request = UploadRequest(job=self.job, run_id=run_id, silo=self.name, round=round_number, size=size)
+        while True:
+            self.publish(self.topics.update(self.name), [single_chunk(request)])
+            if self.granted.wait(min(ask_every, max(0.1, deadline - time.monotonic()))):
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.name}: no upload grant within {timeout:.0f} s")
 
     def connect(self, timeout: float = 30.0) -> None:
         self.client.connect(self.url.host, self.url.port, keepalive=60)
