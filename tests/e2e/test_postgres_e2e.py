@@ -10,15 +10,18 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 JOB = "pg-e2e"
+# Enough training for the model to learn in 2 rounds, still well under a second a round: 80 training
+# images a silo in batches of 8, 3 local epochs; plain SGD (momentum 0.9 makes such short runs swing).
+LEARNS = ("--lr", "0.1", "--batch-size", "8", "--local-epochs", "3", "--momentum", "0")
 
 
 def test_a_job_with_its_store_on_postgres(tmp_path: Path, fedmq, mosquitto, postgres_url: str) -> None:
     data = tmp_path / "D"
-    made = fedmq.run("data", "synth", "--silos", "2", "--out", str(data), "--images-per-silo", "40")
+    made = fedmq.run("data", "synth", "--silos", "2", "--out", str(data), "--images-per-silo", "100")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
     procs = {"aggregator": fedmq.start("aggregator", "--broker", mosquitto.address, "--job", JOB, "--db", postgres_url,
-                                       "--rounds", "2", "--min-clients", "2", "--out", str(out),
+                                       "--rounds", "2", "--min-clients", "2", "--out", str(out), *LEARNS,
                                        log=tmp_path / "aggregator.log")}
     for i in range(2):
         procs[f"s{i}"] = fedmq.start("client", "--broker", mosquitto.address, "--job", JOB, "--silo", f"s{i}",
@@ -32,7 +35,11 @@ def test_a_job_with_its_store_on_postgres(tmp_path: Path, fedmq, mosquitto, post
     rounds = json.loads(shown.stdout)
     assert [(r["round"], r["status"], r["clients"], r["rejected"]) for r in rounds] == [
         (1, "completed", ["s0", "s1"], 0), (2, "completed", ["s0", "s1"], 0)]
-    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["num_samples"] == 2 * 32 for r in rounds)
+    assert all(r["num_samples"] == 2 * 80 for r in rounds)
+    # It learned: 4 classes (chance 0.25). On this fixed-seed data round 2 is about 0.85-1.0 (round 1
+    # about 0.6); a model that aggregation left as it was stays near chance, its loss where it was.
+    first, last = (r["metrics"] for r in rounds)
+    assert last["accuracy"] >= 0.6 and last["loss"] < first["loss"], [r["metrics"] for r in rounds]
 
     exported = fedmq.run("export", "--db", postgres_url, "--job", JOB, "--out-dir", str(out), "--out",
                          str(tmp_path / "model.pt"))

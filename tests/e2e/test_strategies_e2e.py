@@ -31,15 +31,18 @@ CASES = {
     "krum": ["--krum-f", "0"],
     "multi-krum": ["--krum-f", "0", "--krum-m", "2"],
     "fedavg+clip": ["--clip-norm", "1.0"],
-    "dp-fedavg": ["--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "dp-fedavg": ["--dp-clip", "1.0", "--dp-noise", "0.05"],  # more noise and 3 rounds are too few to learn
 }
+# Enough training for every strategy to learn in 3 rounds, still well under a second a round: 80
+# training images a silo in batches of 8, 3 local epochs; plain SGD (momentum 0.9 makes such short runs swing).
+LEARNS = ["--lr", "0.1", "--batch-size", "8", "--local-epochs", "3", "--momentum", "0"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("strategies") / "D"
     made = subprocess.run([sys.executable, "-m", "fedmq.cli", "data", "synth", "--silos", "3", "--out", str(out),
-                           "--images-per-silo", "40"], capture_output=True, text=True, timeout=120)
+                           "--images-per-silo", "100"], capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     return out
 
@@ -51,7 +54,7 @@ def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path,
     db = f"sqlite:///{tmp_path / 'fedmq.db'}"
     job = f"strategy-{case.replace('+', '-')}"
     aggregator = fedmq.start("aggregator", "--broker", mosquitto.address, "--job", job, "--db", db, "--rounds", "3",
-                             "--min-clients", "3", "--out", str(tmp_path / "out"), "--lr", "0.05", "--strategy", strategy,
+                             "--min-clients", "3", "--out", str(tmp_path / "out"), *LEARNS, "--strategy", strategy,
                              *CASES[case], log=tmp_path / "aggregator.log")
     silos = [SiloClient(ClientConfig(broker=mosquitto.url, silo=f"s{i}", data=data / str(i), job=job,
                                      work_dir=tmp_path / f"w{i}")) for i in range(3)]
@@ -70,7 +73,11 @@ def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path,
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
         assert r["status"] == "completed" and r["clients"] == ["s0", "s1", "s2"] and r["rejected"] == 0, r
-        assert 0 <= r["metrics"]["accuracy"] <= 1
+    # It learned: 4 classes (chance 0.25). On this fixed-seed data every strategy ends at 0.7-1.0
+    # (fedadagrad, the slowest, about 0.75; seeds 1-3 of the data too); a model that aggregation left as
+    # it was stays near chance, its loss where it was.
+    first, last = rounds[0]["metrics"], rounds[-1]["metrics"]
+    assert last["accuracy"] >= 0.6 and last["loss"] < first["loss"], [r["metrics"] for r in rounds]
     if case == "dp-fedavg":
         epsilons = [r["metrics"]["dp_epsilon"] for r in rounds]
         assert 0 < epsilons[0] < epsilons[1] < epsilons[2], "the privacy spent grows every round"
