@@ -24,6 +24,7 @@ Runs an asyncio loop in a thread of its own; the methods are thread-safe (they r
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import threading
 import time
@@ -123,6 +124,15 @@ def chunk_info(payload: bytes) -> tuple[str, int, int] | None:
     return mid.hex()[:12], index, count
 
 
+def _header_round(message: bytes) -> int | None:
+    """The ``round`` of a fedmq message's JSON header (``u32 length | header``), if the first chunk holds it."""
+    try:
+        (length,) = struct.unpack_from("!I", message)
+        return json.loads(message[4:4 + length]).get("round")
+    except (struct.error, ValueError, AttributeError):
+        return None
+
+
 @dataclass
 class Message:
     """An update a process published (its chunks as they went through, as QoS 0 packets)."""
@@ -132,6 +142,7 @@ class Message:
     count: int
     chunks: dict[int, bytes] = field(default_factory=dict)
     first_seen: float = 0.0
+    round: int | None = None  # the update's round (async: the version it is for), from its header
 
     @property
     def complete(self) -> bool:
@@ -153,6 +164,7 @@ class Listener:
         self.cut_upload: int | None = None  # armed: cut after this chunk index (clamped to the message)
         self.messages: OrderedDict[str, Message] = OrderedDict()
         self.uploading: tuple[str, int, int] | None = None  # the last update chunk through: (mid, index, count)
+        self.replayed: list[tuple[float, int | None]] = []  # (when, the update's round) of each replay
 
     def delay(self) -> float:
         return self.latency if time.time() < self.latency_until else 0.0
@@ -235,6 +247,8 @@ class Conn:
                 elif index in message.chunks:
                     self.listener.proxy.event(listener.name, f"re-sent chunk {index + 1}/{count} of update {mid}")
                 message.chunks[index] = publish.as_qos0()
+                if index == 0:
+                    message.round = _header_round(publish.payload[_CHUNK_PREFIX.size:])
                 if listener.cut_upload is not None and count >= 3 and index >= min(listener.cut_upload, count - 2):
                     listener.cut_upload = None
                     cut_after = True
@@ -352,8 +366,14 @@ class ChaosProxy:
             for i in indexes:
                 conn.to_broker.put_nowait((time.time() + listener.delay(), message.chunks[i], False))
             what = f"all {message.count} chunks" if whole else f"chunk {indexes[0] + 1}/{message.count}"
-            return f"{what} of update {message.mid} (first sent {time.time() - message.first_seen:.1f} s before)"
+            listener.replayed.append((time.time(), message.round))
+            return f"{what} of update {message.mid} for round {message.round} (first sent " \
+                   f"{time.time() - message.first_seen:.1f} s before)"
         return self._call(run)
+
+    def last_replayed_round(self, name: str) -> int | None:
+        replayed = self.listeners[name].replayed
+        return replayed[-1][1] if replayed else None
 
     def uploading(self, name: str) -> tuple[str, int, int] | None:
         return self._call(lambda: self.listeners[name].uploading)
