@@ -604,13 +604,14 @@ class Run:
                 if up:
                     back = {}
                     for p in self.procs.values():
-                        ts = [t for t, line in p.all_lines() if t >= up - 0.5 and "reconnected" in line]
+                        ts = [t for t, line in p.all_lines() if up - 0.5 <= t <= up + 60
+                              and re.search(r"reconnected to|online on|published on", line)]
                         if ts:
                             back[p.name] = ts[0] - up
                     missing = sorted(set(self.procs) - set(back))
-                    f.outcome.append(f"back at {up - self.t0:.1f} s; {len(back)} process(es) reconnected within "
-                                     f"{max(back.values(), default=0):.1f} s" + (f"; no 'reconnected' line from "
-                                                                                  f"{', '.join(missing)}" if missing else ""))
+                    f.outcome.append(f"back at {up - self.t0:.1f} s; {len(back)} process(es) reconnected (or restarted "
+                                     f"and connected) within {max(back.values(), default=0):.1f} s" + (
+                                         f"; not within 60 s: {', '.join(missing)}" if missing else ""))
             if f.kind in ("cut", "stall", "cut_mid_upload", "latency", "broker_restart"):
                 conns = [t for t in self.proxy.connections_since(f.target, start)] if f.target in self.procs else []
                 if f.kind in ("cut", "cut_mid_upload", "stall") and conns:
