@@ -171,8 +171,16 @@ class Proc:
                 pass
 
     def last_line(self) -> str:
-        lines = read_lines(self.log_path)
-        return lines[-1][1] if lines else "(nothing logged yet)"
+        """The last line it logged (without its time), or of an error, the error and its hint."""
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except FileNotFoundError:
+            lines = []
+        if not lines:
+            return "(nothing logged yet)"
+        if lines[-1].startswith("hint:") and len(lines) > 1:
+            return f"{lines[-2]} ({lines[-1]})"
+        return lines[-1].split(": ", 1)[-1] if line_time(lines[-1]) else lines[-1]
 
     def all_lines(self) -> list[tuple[float, str]]:
         out = []
@@ -373,14 +381,32 @@ class Run:
         if agg.expected_death:
             return False
         tail = agg.last_line()
-        if code == 1:
-            self.job_failed = tail
-            self.problems.append(f"the job failed (aggregator exit 1): {tail}")
+        status, reason = self.job_status()
+        if code == 1 and status == "failed":
+            self.job_failed = reason or tail
+            self.problems.append(f"the job failed (aggregator exit 1): {reason or tail}")
             return False
-        self.problems.append(f"the aggregator exited {code} unprompted ({tail}); restarted")
+        self.problems.append(f"the aggregator exited {code} unprompted at {self.now():.1f} s, leaving the job "
+                             f"{status!r} in the store ({tail}); restarted")
         agg.start()
         self.agg_tail = Tail(agg.log_path)
         return False
+
+    def job_status(self) -> tuple[str | None, str | None]:
+        """The job's status and reason in the store."""
+        from fedmq.store import Store
+
+        try:
+            store = Store(self.db, create=False)
+        except Exception:
+            return None, None
+        try:
+            job = store.find_job(JOB)
+            return (job.status, (job.spec or {}).get("reason")) if job else (None, None)
+        except Exception:
+            return None, None
+        finally:
+            store.close()
 
     def _check_exits(self) -> None:
         for p in self.silos():
@@ -388,7 +414,8 @@ class Run:
                 code = p.popen.returncode
                 if code == 0:
                     continue  # left after the job finished
-                self.problems.append(f"{p.name} exited {code} unprompted ({p.last_line()}); restarted")
+                self.problems.append(f"{p.name} exited {code} unprompted at {self.now():.1f} s "
+                                     f"({p.last_line()}); restarted")
                 p.start()
 
     def _finish_silos(self) -> None:
@@ -614,7 +641,11 @@ class Run:
                                          f"; not within 60 s: {', '.join(missing)}" if missing else ""))
             if f.kind in ("cut", "stall", "cut_mid_upload", "latency", "broker_restart"):
                 conns = [t for t in self.proxy.connections_since(f.target, start)] if f.target in self.procs else []
-                if f.kind in ("cut", "cut_mid_upload", "stall") and conns:
+                if f.kind == "stall":
+                    soon = [t for t in conns if t <= start + f.params["stall"] + 5]
+                    f.outcome.append(f"{f.target} reconnected at {soon[0] - self.t0:.1f} s" if soon else
+                                     "its connection survived the stall")
+                elif f.kind in ("cut", "cut_mid_upload") and conns:
                     f.outcome.append(f"{f.target} reconnected at {conns[0] - self.t0:.1f} s")
             for t, name, text in events:
                 if name == f.target and start <= t <= start + 60 and (
@@ -626,12 +657,12 @@ class Run:
                     f.outcome.append(f"{text} at {t - self.t0:.1f} s")
             if f.kind in ("duplicate_chunk", "duplicate_update") and f.follow.get("replayed") and "replayed" in f.what:
                 at, number = f.follow["replayed"], f.follow.get("replayed_round")
-                rows = [u for u in updates if u["silo"] == f.target and u["t"] >= at - 0.05
+                rows = [u for u in updates if u["silo"] == f.target and at - 0.05 <= u["t"] <= at + 3
                         and u["claimed_round"] == number]
                 repeats = [t for t, line in agg_lines if at - 0.05 <= t <= at + 10
                            and f"ignored a repeat from {f.target}" in line and f"round {number} " in line + " "]
                 if rows:
-                    f.outcome.append(f"store rows for {f.target}'s round-{number} update after the replay: " + "; ".join(
+                    f.outcome.append(f"store rows for {f.target}'s round-{number} update within 3 s: " + "; ".join(
                         f"{'accepted' if u['accepted'] else 'rejected'}{' superseded' if u['superseded'] else ''}"
                         f"{' (' + u['reason'][:80] + ')' if u['reason'] else ''}" for u in rows))
                 elif repeats:

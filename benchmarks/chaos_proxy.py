@@ -195,6 +195,8 @@ class Conn:
             up_reader, self.up_writer = await asyncio.open_connection(HOST, self.listener.proxy.upstream_port)
         except OSError:
             self.abort()  # the broker is down: the process sees a refused connection and retries
+            if self in self.listener.conns:
+                self.listener.conns.remove(self)
             return
         tasks = [asyncio.create_task(t) for t in (
             self._read_client(), self._read_broker(up_reader),
@@ -326,7 +328,7 @@ class ChaosProxy:
     def cut(self, name: str) -> int:
         """Abort every connection of ``name``; returns how many there were."""
         def run() -> int:
-            conns = list(self.listeners[name].conns)
+            conns = [c for c in self.listeners[name].conns if not c.closed]
             for c in conns:
                 c.abort()
             return len(conns)
