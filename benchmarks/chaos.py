@@ -139,6 +139,7 @@ class Proc:
         self.expected_death = False  # killed by us: its exit is no finding
         self.frozen = False
         self.down = False  # killed, restart pending
+        self.armed = False  # a kill waits for its moment
 
     @property
     def log_path(self) -> Path:
@@ -242,8 +243,11 @@ class Run:
         self.completed_logged: Counter = Counter()
         self.agg_tail: Tail | None = None
         self.agg_watch: tuple[Fault, str, float] | None = None  # aggregator_kill waiting for its moment
+        self.silo_watch: dict[str, tuple[Fault, Tail, float]] = {}  # silo_kill waiting for a "training" line
+        self.killed_in_upload: list[tuple[Fault, str]] = []  # silo_kills the proxy did mid-upload (its thread)
         self.upload_armed: list[Fault] = []
         self.job_failed: str | None = None
+        self.job_done = False  # the aggregator logged the job finished
 
     # -- processes ----------------------------------------------------------------------------------
     def now(self) -> float:
@@ -315,8 +319,9 @@ class Run:
                 if self.job_failed is not None:
                     break
                 self._check_exits()
-                while pending and self._progress() >= pending[0].at and self._inject(pending[0]):
-                    pending.pop(0)
+                if not self.job_done:  # every fault that is due and can be injected now; the rest wait
+                    progress = self._progress()
+                    pending = [f for f in pending if not (f.at <= progress and self._inject(f))]
                 if time.monotonic() - start > self.s.timeout:
                     self.problems.append(f"the job did not finish within {self.s.timeout:.0f} s (round "
                                          f"{self.round_open} open): a hang")
@@ -326,7 +331,8 @@ class Run:
                     done = len(self.faults) - len(pending)
                     log(f"{self.work.name}: {self.now():.0f} s, round {self.round_open}/{self.s.rounds} open, "
                         f"{done}/{len(self.faults)} fault(s) injected; aggregator: {self.aggregator.last_line()[:100]}")
-                time.sleep(0.02 if self.agg_watch else 0.2)
+                self._watch_silos()
+                time.sleep(0.02 if self.agg_watch or self.silo_watch or self.upload_kills() else 0.2)
             for f in pending:
                 self.problems.append(f"fault not injected (the job ended first): {f.kind} at {f.at:.2f}")
             self._finish_silos()
@@ -357,6 +363,8 @@ class Run:
                     if self.round_open and number == self.round_open + 1:
                         self.durations.append(time.time() - self.round_opened_at)
                     self.round_open, self.round_opened_at = number, time.time()
+            if re.search(r"job '[^']*' finished", line):
+                self.job_done = True  # no fault after the end: a broker restart then would lose the final spec
             if m := re.search(r"round (\d+) completed", line):
                 self.completed_logged[int(m.group(1))] += 1
             if self.agg_watch is not None:
@@ -419,7 +427,16 @@ class Run:
                 p.start()
 
     def _finish_silos(self) -> None:
+        if self.agg_watch is not None:
+            self.agg_watch[0].what += "; the job ended before its moment: not killed"
+        for f, _, _ in self.silo_watch.values():
+            f.what += "; the job ended before its moment: not killed"
         self.agg_watch = None
+        self.silo_watch.clear()
+        for p in self.silos():
+            p.armed = False
+            self.proxy.arm_upload_kill(p.name, None, None)
+        self._watch_silos()
         while self.follow_ups:  # restarts and SIGCONTs still owed, now
             _, _, action = heapq.heappop(self.follow_ups)
             action()
@@ -444,11 +461,11 @@ class Run:
 
     # -- faults ---------------------------------------------------------------------------------------
     def _healthy_silos(self) -> list[Proc]:
-        return [p for p in self.silos() if p.alive() and not p.frozen and not p.down]
+        return [p for p in self.silos() if p.alive() and not p.frozen and not p.down and not p.armed]
 
     def _inject(self, f: Fault) -> bool:
         """Inject ``f`` now if its target can take it; False: try again shortly."""
-        impaired = sum(1 for p in self.silos() if p.frozen or p.down)
+        impaired = sum(1 for p in self.silos() if p.frozen or p.down or p.armed)
         rng = random.Random(f.params["pick"])
         if f.kind in ("silo_kill", "silo_freeze"):
             if impaired >= max(1, self.s.silos // 2) or self.aggregator.down or self.broker_down:
@@ -477,25 +494,75 @@ class Run:
             f"{f.kind} {f.target}: {f.what}")
         return True
 
+    def upload_kills(self) -> bool:
+        return any(p.armed for p in self.silos())
+
     def _do_silo_kill(self, f: Fault) -> None:
         p = self.procs[f.target]
+        when = f.params["silo_when"]
+        if when == "random":
+            self._kill_silo(f, None)
+            return
+        p.armed = True
+        until = time.time() + 3 * max(self.round_s, self.s.round_timeout)
+        if when == "training":
+            tail = Tail(p.log_path)
+            tail.offset = p.log_path.stat().st_size if p.log_path.exists() else 0
+            self.silo_watch[p.name] = (f, tail, until)
+            f.what = "armed: SIGKILL at its next 'training' line"
+        else:
+            pid = p.popen.pid
+
+            def kill_now(event: str) -> None:  # on the proxy's thread, right after chunk i of n went through
+                p.expected_death = True
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.killed_in_upload.append((f, event))
+            self.proxy.arm_upload_kill(p.name, f.params["after"], kill_now)
+            self.silo_watch[p.name] = (f, Tail(Path("/nonexistent")), until)
+            f.what = f"armed: SIGKILL in the middle of its next update (after chunk {f.params['after'] + 1})"
+
+    def _watch_silos(self) -> None:
+        """Kill the silos whose moment came: a 'training' line, the proxy's mid-upload call, or time up."""
+        while self.killed_in_upload:
+            f, event = self.killed_in_upload.pop(0)
+            self.silo_watch.pop(f.target, None)
+            self._kill_silo(f, f"mid-upload: {event}")
+        for name, (f, tail, until) in list(self.silo_watch.items()):
+            p = self.procs[name]
+            hit = next((line for line in tail.lines() if re.search(r"round \d+: training", line)), None)
+            if hit is not None or time.time() > until or not p.alive():
+                self.silo_watch.pop(name)
+                self.proxy.arm_upload_kill(name, None, None)
+                self._kill_silo(f, "training: " + hit.split(": ", 1)[-1][:60] if hit else None)
+
+    def _kill_silo(self, f: Fault, moment: str | None) -> None:
+        p = self.procs[f.target]
+        p.armed = False
         phase = p.last_line()
         up = self.proxy.uploading(p.name)
         p.kill()
         p.down = True
-        if up and up[1] + 1 < up[2] and "training" not in phase:
+        f.t, f.wall = self.now(), time.time()
+        if moment is not None:
+            where = moment
+        elif up and up[1] + 1 < up[2] and "training" not in phase:
             where = f"mid-upload (chunk {up[1] + 1}/{up[2]} of update {up[0]} through)"
         elif re.search(r"training", phase) and "update sent" not in phase:
             where = "training"
         elif "evaluating" in phase:
             where = "evaluating"
         else:
-            where = "idle"
+            where = "idle" + (" (its moment did not come in time)" if f.params["silo_when"] != "random" else "")
         pause = f.params["pause"]
-        f.what = f"SIGKILL while {where} (its last line: {phase[:90]!r}); restart in {pause:.1f} s"
+        f.what = f"SIGKILL ({f.params['silo_when']}) while {where} (its last line: {phase[:90]!r}); restart in " \
+                 f"{pause:.1f} s"
         f.follow["since"] = time.time()
 
         def restart() -> None:
+            self.proxy.forget_upload(p.name)
             p.start()
             f.follow["log"] = p.log_path
         self.later(pause, restart)
@@ -613,7 +680,10 @@ class Run:
             if f.kind == "silo_kill":
                 path = f.follow.get("log")
                 online = [t for t, line in read_lines(path) if "online on" in line] if path else []
-                f.outcome.append(f"it rejoined at {online[0] - self.t0:.1f} s" if online else "it did not rejoin")
+                again = any(g.kind == "silo_kill" and g.target == f.target and g.t is not None and f.t < g.t
+                            and g.wall < (online[0] if online else float("inf")) for g in self.faults)
+                f.outcome.append(f"it rejoined at {online[0] - self.t0:.1f} s" if online else
+                                 "killed again before it rejoined" if again else "it did not rejoin")
             elif f.kind == "aggregator_kill":
                 path = f.follow.get("log")
                 resumed = [(t, line) for t, line in read_lines(path) if "resuming job" in line] if path else []
@@ -788,6 +858,7 @@ def plan_faults(s: Settings, count: int) -> list[Fault]:
                   "freeze": s.round_timeout * rng.uniform(1.1, 1.8), "down": rng.uniform(0.5, 3.0),
                   "stall": rng.uniform(1.0, 6.0), "delay": rng.uniform(0.0, 8.0), "seconds": rng.uniform(3.0, 10.0),
                   "after": rng.randrange(1, 8), "when": rng.choice(["random", "last-update", "aggregated"]),
+                  "silo_when": rng.choice(["random", "training", "mid-upload"]),
                   "on_agg": rng.random() < 0.3}
         if kind == "latency":
             params["delay"] = rng.uniform(0.02, 0.3)

@@ -162,6 +162,7 @@ class Listener:
         self.latency = 0.0
         self.latency_until = 0.0
         self.cut_upload: int | None = None  # armed: cut after this chunk index (clamped to the message)
+        self.kill_upload: tuple[int, Callable[[str], None]] | None = None  # armed: call this after that chunk
         self.messages: OrderedDict[str, Message] = OrderedDict()
         self.uploading: tuple[str, int, int] | None = None  # the last update chunk through: (mid, index, count)
         self.replayed: list[tuple[float, int | None]] = []  # (when, the update's round) of each replay
@@ -251,6 +252,10 @@ class Conn:
                 message.chunks[index] = publish.as_qos0()
                 if index == 0:
                     message.round = _header_round(publish.payload[_CHUNK_PREFIX.size:])
+                if listener.kill_upload is not None and count >= 3 and index >= min(listener.kill_upload[0], count - 2):
+                    _, kill = listener.kill_upload
+                    listener.kill_upload = None
+                    kill(f"after chunk {index + 1}/{count} of update {mid} went through")
                 if listener.cut_upload is not None and count >= 3 and index >= min(listener.cut_upload, count - 2):
                     listener.cut_upload = None
                     cut_after = True
@@ -316,6 +321,7 @@ class ChaosProxy:
             async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 conn = Conn(listener, reader, writer)
                 listener.conns.append(conn)
+                listener.uploading = None  # a new connection (maybe a new process) has sent nothing yet
                 listener.accepted_at.append(time.time())
                 await conn.run()
             listener.server = await asyncio.start_server(accept, HOST, 0)
@@ -350,6 +356,13 @@ class ChaosProxy:
             self.listeners[name].cut_upload = after_chunk
         self._call(run)
 
+    def arm_upload_kill(self, name: str, after_chunk: int | None, kill: Callable[[str], None] | None) -> None:
+        """Call ``kill`` (on the proxy's thread) once chunk ``after_chunk`` (at most n-2) of ``name``'s next
+        multi-chunk update went through; None disarms."""
+        def run() -> None:
+            self.listeners[name].kill_upload = None if after_chunk is None else (after_chunk, kill)
+        self._call(run)
+
     def upload_cut_armed(self, name: str) -> bool:
         return self._call(lambda: self.listeners[name].cut_upload is not None)
 
@@ -376,6 +389,12 @@ class ChaosProxy:
     def last_replayed_round(self, name: str) -> int | None:
         replayed = self.listeners[name].replayed
         return replayed[-1][1] if replayed else None
+
+    def forget_upload(self, name: str) -> None:
+        """The process behind ``name`` was restarted: what its last run was uploading is not its own."""
+        def run() -> None:
+            self.listeners[name].uploading = None
+        self._call(run)
 
     def uploading(self, name: str) -> tuple[str, int, int] | None:
         return self._call(lambda: self.listeners[name].uploading)
