@@ -199,11 +199,14 @@ class Conn:
             if self in self.listener.conns:
                 self.listener.conns.remove(self)
             return
-        tasks = [asyncio.create_task(t) for t in (
-            self._read_client(), self._read_broker(up_reader),
-            self._write(self.to_broker, self.up_writer), self._write(self.to_client, self.client_writer))]
+        readers = [asyncio.create_task(self._read_client()), asyncio.create_task(self._read_broker(up_reader))]
+        writers = [asyncio.create_task(self._write(self.to_broker, self.up_writer)),
+                   asyncio.create_task(self._write(self.to_client, self.client_writer))]
+        tasks = readers + writers
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # A side that closes has what it sent forwarded first (a client's DISCONNECT, delayed by
+            # added latency, still arrives before the close, as over TCP); a cut drops everything.
+            await asyncio.wait(writers, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.abort()
             for t in tasks:
@@ -213,13 +216,17 @@ class Conn:
 
     async def _read_client(self) -> None:
         buf = bytearray()
-        while True:
-            data = await self.client_reader.read(65536)
-            if not data:
-                return
-            buf += data
-            while (packet := split_packet(buf)) is not None:
-                self._inspect(packet)
+        try:
+            while True:
+                data = await self.client_reader.read(65536)
+                if not data:
+                    self.to_broker.put_nowait("eof")
+                    return
+                buf += data
+                while (packet := split_packet(buf)) is not None:
+                    self._inspect(packet)
+        except (OSError, ValueError):
+            self.abort()
 
     def _inspect(self, packet: bytes) -> None:
         kind = packet[0] >> 4
@@ -264,11 +271,15 @@ class Conn:
         self.to_broker.put_nowait((time.time() + listener.delay(), packet, cut_after))
 
     async def _read_broker(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            self.to_client.put_nowait((time.time() + self.listener.delay(), data, False))
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    self.to_client.put_nowait("eof")
+                    return
+                self.to_client.put_nowait((time.time() + self.listener.delay(), data, False))
+        except OSError:
+            self.abort()
 
     async def _write(self, queue: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
         listener = self.listener
@@ -276,11 +287,23 @@ class Conn:
             item = await queue.get()
             if item is None:
                 return
+            if item == "eof":  # the other side closed: close this one once what it sent is through
+                try:
+                    await writer.drain()
+                    writer.close()
+                    await writer.wait_closed()
+                except OSError:
+                    pass
+                return
             due, data, cut_after = item
             while (wait := max(due, listener.stall_until) - time.time()) > 0:
                 await asyncio.sleep(min(wait, 0.2))
-            writer.write(data)
-            await writer.drain()
+            try:
+                writer.write(data)
+                await writer.drain()
+            except OSError:
+                self.abort()
+                return
             if cut_after:
                 self.abort()
                 return
