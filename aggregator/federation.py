@@ -132,11 +132,13 @@ class Federation:
 
     def _run_held(self) -> int:
         self.link.will(self.spec)  # killed or cut off from here on, the broker says the job is interrupted
-        self.link.connect(self.cfg.connect_timeout)
-        self.link.publish_spec(self.spec)
-        log.info("job %r published on %s; waiting for %d silo(s) on %s",
-                 self.cfg.job, self.topics.init, self.cfg.min_clients, self.cfg.broker)
         try:
+            # Inside the catch-all: a broker that cannot be reached (or is lost again at once) leaves the
+            # job interrupted in the store, not "running" with nothing running it.
+            self.link.connect(self.cfg.connect_timeout)
+            self.link.publish_spec(self.spec)
+            log.info("job %r published on %s; waiting for %d silo(s) on %s",
+                     self.cfg.job, self.topics.init, self.cfg.min_clients, self.cfg.broker)
             while not (self.finishing and not self.evaluations):
                 if self.stop:
                     self._mark_interrupted()

@@ -22,9 +22,11 @@ from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.federation import Federation
 from fedmq.aggregator.transport import LOST
 from fedmq.broker.connection import Connection
+from fedmq.broker.server import free_port
+from fedmq.broker.url import BrokerUrl
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
-from fedmq.errors import RoundFailed
+from fedmq.errors import BrokerError, RoundFailed
 from fedmq.schemas import JobSpec, ModelSync, Presence, Topics
 from fedmq.store import Store
 
@@ -236,4 +238,25 @@ def test_a_stale_last_will_marks_no_live_silo_offline(mosquitto, tmp_path: Path,
     assert "silo s1 went offline" not in caplog.text
     assert "announcing it again" in caplog.text, "s1 put its online presence back over the stale will"
     assert [r["clients"] for r in store.history(job)] == [["s0", "s1"], ["s0", "s1"]]
+
+
+@pytest.mark.parametrize("stored", [None, "running"])
+def test_an_aggregator_that_cannot_reach_the_broker_at_start_leaves_the_job_interrupted(tmp_path: Path,
+                                                                                         stored: str | None) -> None:
+    """Found by the chaos soak (benchmarks/chaos.py): an aggregator restarted while the broker was away
+    exited with the store still saying "running" (or, for a new job, "waiting"), because the catch-all
+    began only after the first connection and the first publish of the job spec."""
+    job = "unreachable"
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    config = AggregatorConfig(broker=BrokerUrl("127.0.0.1", free_port("127.0.0.1")), job=job, db=store.url,
+                              rounds=3, out=tmp_path / "out", connect_timeout=0.5)
+    if stored is not None:  # a job that had started (its batch size fixed) and is being resumed
+        federation = Federation(config, store)
+        spec = federation._new_spec().model_copy(update={"status": stored, "model": "cnn", "batch_size": 8,
+                                                         "lr": 0.01, "metric": "accuracy"})
+        store.create_job(job, spec.run_id, spec.model_dump())
+    with pytest.raises(BrokerError, match="cannot reach"):
+        Federation(config, store).run()
+    spec = JobSpec.model_validate(store.find_job(job).spec)
+    assert spec.status == "interrupted", spec.status
     store.close()
