@@ -9,9 +9,12 @@ where ``base_i`` is the version the silo trained from and the staleness ``s_i`` 
 versions the global model moved on since, and ``N`` is ``--max-samples-per-silo`` (no cap by
 default). Updates staler than ``max_staleness`` are rejected.
 The bases of the last ``max_staleness + 1`` versions are kept in memory to form the deltas.
-An update counts once: the payload digests of the updates counted are kept as long as their base
-can still be admitted, so a copy that arrives after its buffer closed (a re-send after a reconnect)
-is a logged no-op (``AlreadyCounted``) instead of being folded into the next version.
+A silo counts once per model version it trained on: the (silo, base version) pairs counted are kept
+as long as their base can still be admitted, so a second update from the same silo and base (a
+re-send after a reconnect, a copy that arrives after its buffer closed, or more training on the
+same model) is a logged no-op (``AlreadyCounted``), never folded into the next version. Silos
+therefore train once per model they receive, and a version needs ``buffer_size`` silos:
+``--min-clients`` must be at least ``--buffer-size``.
 ``--rounds`` counts versions; history records each contribution's base version and staleness.
 """
 
@@ -76,7 +79,7 @@ class BufferedRounds:
         self.max_samples = config.max_samples_per_silo
         self.current: Buffer | None = None
         self.bases: dict[str, GlobalModel] = {}  # digest -> a recent version
-        self.counted: dict[str, int] = {}  # payload digest of each update counted -> its base version
+        self.counted: set[tuple[str, int]] = set()  # (silo, base version) of each update counted
         self._model: GlobalModel | None = None  # the newest version: staleness counts from it
         self._finished = False
 
@@ -85,7 +88,7 @@ class BufferedRounds:
         oldest = model.version - self.max_staleness
         self.bases = {d: m for d, m in self.bases.items() if m.version >= oldest}
         # an update on an older base is refused as too stale anyway: its digest need not be kept
-        self.counted = {d: v for d, v in self.counted.items() if v >= oldest}
+        self.counted = {(silo, v) for silo, v in self.counted if v >= oldest}
 
     def open(self, number: int, model: GlobalModel, *, asked: set[str], sampled: bool, min_clients: int,
              now: float) -> Buffer:
@@ -106,9 +109,8 @@ class BufferedRounds:
             raise UpdateRejected(f"trained from a model older than the last {self.max_staleness + 1} versions "
                                  "or never sent (too stale or unknown)")
         staleness = self._model.version - base.version
-        if update.payload.sha256 in self.counted:
-            raise AlreadyCounted(f"{update.silo}'s update from base v{self.counted[update.payload.sha256]} "
-                                 "is already counted (the same payload again)")
+        if (update.silo, base.version) in self.counted:
+            raise AlreadyCounted(f"{update.silo}'s update from base v{base.version} is already counted")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
         weight = sample_weight(update.num_samples, self.max_samples) * staleness_weight(staleness)
@@ -116,7 +118,7 @@ class BufferedRounds:
 
     def count(self, update: Update, admission: Admission) -> None:
         buffer = self.current
-        self.counted[update.payload.sha256] = admission.base.version
+        self.counted.add((update.silo, admission.base.version))
         buffer.contributions.append((update.silo, admission.base.version, admission.staleness))
         buffer.num_samples += update.num_samples
         if update.train_loss is not None:

@@ -55,8 +55,13 @@ class JobRecord:
 
     def resumed(self, done: int) -> None:
         """The job resumes after round ``done`` (its lease held): the rounds its last run left open are
-        marked interrupted."""
+        marked interrupted, and those before ``done`` whose evaluation a stop cut short (async mode can
+        complete a later version first) are completed with the evaluations they got."""
+        from .evaluation import weighted_metrics
+
         self.store.interrupt_rounds_after(self.job_id, done)
+        for round_id, results in self.store.evaluating_before(self.job_id, done):
+            self.store.complete_round(round_id, weighted_metrics(results))
 
     def completed_metrics(self, job: str, through: int) -> list[dict[str, Any]]:
         """The recorded metrics of the job's completed rounds up to ``through``, in order."""

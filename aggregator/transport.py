@@ -48,8 +48,10 @@ class AggregatorLink:
 
     def will(self, spec: JobSpec) -> None:
         """The last will that goes with ``spec``: if this process dies or is cut off, the broker tells
-        the silos (and ``fedmq status``) that the job is interrupted, and why. A job that ended leaves
-        its final spec as its will, so a late drop changes nothing."""
+        the silos (and ``fedmq status``) that the job is interrupted, and why. MQTT fixes a will when
+        the connection is made, so a change applies from the next (re)connection on: an unclean drop
+        of the connection that published ``finished`` still sets the spec to ``interrupted`` (the
+        aggregator closes cleanly, so only a cut at that moment does)."""
         ended = spec.status in ("finished", "failed", "interrupted")
         self.conn.set_will(self.topics.init, spec if ended else spec.model_copy(update={"status": "interrupted",
                                                                                           "reason": LOST}))

@@ -65,6 +65,7 @@ class RunState:
     results: dict[int, TestResult] = field(default_factory=dict)
     # async mode: the newest model and the version it is meant to make; trained on again and again
     async_target: tuple[int, str] | None = None
+    async_trained: str | None = None  # the digest of the model it last trained on: once per model version
     residual: StateDict = field(default_factory=dict)  # delta-topk's error feedback: the change not sent yet
     # upload flow control (JobSpec.upload_grants): when this silo last asked to send last_update; None: nothing waits
     upload_asked: float | None = None
@@ -118,8 +119,10 @@ class SiloClient:
                     and state.upload_asked is None
                 incoming = self.conn.receive(timeout=0.0 if keep_training else 1.0)
                 if incoming is None and keep_training:
-                    # async mode: nothing to answer first, so train again on the newest model
-                    self._train(state, *state.async_target)
+                    # async mode: nothing to answer first, so train on the newest model, once
+                    round_number, digest = state.async_target
+                    state.async_target, state.async_trained = None, digest
+                    self._train(state, round_number, digest)
                     continue
                 if isinstance(incoming, Refused):
                     log.warning("refused a message on %s: %s", incoming.topic, incoming.reason)
@@ -288,8 +291,14 @@ class SiloClient:
                       str(self.work_dir / f"global-v{sync.version:04d}.safetensors"))
         self._run_pending_tests(state)
         if state.spec.mode == "async":
-            # The run loop trains on the newest model whenever it has nothing to answer; none: stop.
-            state.async_target = None if sync.train_round is None else (sync.train_round, digest)
+            # The run loop trains on the newest model, once, whenever it has nothing to answer; none: stop.
+            if sync.train_round is None:
+                state.async_target = None
+            elif digest != state.async_trained:
+                state.async_target = (sync.train_round, digest)
+            elif state.last_update and state.last_update[0].base_digest == digest:
+                log.info("version %d: asked again; sending the same update again", sync.train_round)
+                self._upload(state)
         elif sync.train_round is None:
             return
         elif sync.train_silos is not None and self.cfg.silo not in sync.train_silos:

@@ -217,6 +217,15 @@ class Store:
                                                      Round.status != "interrupted")):
                 row.status, row.finished_at = "interrupted", utcnow()
 
+    def evaluating_before(self, job_id: int, number: int) -> list[tuple[int, list[tuple[int, dict[str, float]]]]]:
+        """The rounds before ``number`` aggregated but never completed (their evaluation was cut short by
+        a stop), each with the evaluations recorded for it: (round id, [(test samples, metrics)])."""
+        with self.session() as s:
+            rows = s.scalars(select(Round).where(Round.job_id == job_id, Round.number < number,
+                                                 Round.status == "evaluating").order_by(Round.number))
+            return [(row.id, [(e.num_samples, dict(e.metrics)) for e in
+                              s.scalars(select(Evaluation).where(Evaluation.round_id == row.id))]) for row in rows]
+
     @staticmethod
     def _reset_round(s: Session, row: Round) -> None:
         """A round reopened after an aggregator restart starts clean: what it had counted was never

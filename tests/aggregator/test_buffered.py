@@ -36,3 +36,26 @@ def test_an_update_folded_into_one_version_is_refused_by_the_next() -> None:
         policy.admit(first)  # the same update again: its base v0 is within max_staleness, but it was counted
     other = _update("b", v0, digest="cd" * 32)
     assert policy.admit(other).staleness == 1  # a different update from the same base still counts
+
+
+def test_a_silo_counts_once_per_model_version_it_trained_on() -> None:
+    """Issue 16 (found by the chaos soak): a silo that trained again on the same model sent a new payload,
+    and the digest check let it count twice from one base. The key is (silo, base version) now."""
+    policy = BufferedRounds(AggregatorConfig(broker=BrokerUrl("127.0.0.1", 1), buffer_size=2, max_staleness=4, rounds=5))
+    v0 = _model(0)
+    policy.open(1, v0, asked={"a", "b"}, sampled=False, min_clients=2, now=0.0)
+    first = _update("a", v0)
+    policy.count(first, policy.admit(first))
+    retrained = _update("a", v0, digest="ef" * 32)  # another payload, the same silo and base
+    with pytest.raises(AlreadyCounted, match="a's update from base v0 is already counted"):
+        policy.admit(retrained)
+    assert policy.admit(_update("b", v0, digest="cd" * 32)).staleness == 0
+
+
+def test_async_mode_needs_as_many_silos_as_its_buffer() -> None:
+    from fedmq.aggregator.federation import check_strategy
+    from fedmq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--buffer-size 3 needs at least 3 silos") as caught:
+        check_strategy(AggregatorConfig(broker=BrokerUrl("127.0.0.1", 1), mode="async", buffer_size=3, min_clients=2))
+    assert "raise --min-clients to 3" in caught.value.hint

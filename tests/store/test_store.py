@@ -180,3 +180,16 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
+
+
+def test_rounds_aggregated_but_not_evaluated_before_a_later_completed_one_are_found(store: Store) -> None:
+    """Issue 16 (found by the chaos soak): async mode can complete version 12 before version 11's evaluation;
+    a stop then left 11 `evaluating` for ever, since a resume goes on after 12."""
+    job = store.create_job("j", "run1", SPEC)
+    r11, r12 = store.open_round(job.id, 11), store.open_round(job.id, 12)
+    store.mark_aggregated(r11, 10, "ab" * 32, "c11")
+    store.record_evaluation(r11, "a", 4, {"accuracy": 0.5})
+    store.mark_aggregated(r12, 10, "cd" * 32, "c12")
+    store.complete_round(r12, {"accuracy": 0.6})
+    assert store.evaluating_before(job.id, 12) == [(r11, [(4, {"accuracy": 0.5})])]
+    assert store.evaluating_before(job.id, 11) == []
