@@ -106,8 +106,8 @@ class BufferedRounds:
             raise UpdateRejected(f"trained from a model older than the last {self.max_staleness + 1} versions "
                                  "or never sent (too stale or unknown)")
         staleness = self._model.version - base.version
-        if update.payload.sha256 in self.counted:
-            raise AlreadyCounted(f"{update.silo}'s update from base v{self.counted[update.payload.sha256]} "
+        if update.payload.digest in self.counted:
+            raise AlreadyCounted(f"{update.silo}'s update from base v{self.counted[update.payload.digest]} "
                                  "is already counted (the same payload again)")
         if update.num_samples == 0:
             raise UpdateRejected("update trained on no samples")
@@ -116,7 +116,7 @@ class BufferedRounds:
 
     def count(self, update: Update, admission: Admission) -> None:
         buffer = self.current
-        self.counted[update.payload.sha256] = admission.base.version
+        self.counted[update.payload.digest] = admission.base.version
         buffer.contributions.append((update.silo, admission.base.version, admission.staleness))
         buffer.num_samples += update.num_samples
         if update.train_loss is not None:
