@@ -37,7 +37,7 @@ def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path
     assert all(r["status"] == "completed" and r["rejected"] == 0 for r in history)
     assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in history)
     assert federation.spec.codec == "delta-int8"
-    assert federation.global_model.codec == "shuffle+zstd", "models go out lossless whatever the job's codec"
+    assert federation.global_model.codec in ("shuffle+zstd", "raw"), "models go out lossless whatever the job's codec"
     raw = raw_size(load_file(str(tmp_path / "out" / job / "round-0002.safetensors")))
     with store.session() as s:
         updates = s.scalars(select(UpdateRecord).where(UpdateRecord.accepted)).all()
