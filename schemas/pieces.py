@@ -25,7 +25,7 @@ BLAKE3_THREADS_MIN_BYTES = 1 << 20  # below this, BLAKE3's threads cost more tha
 def hasher(algorithm: str):
     """A new incremental hasher (``update``, ``hexdigest``) for one of ``DIGEST_ALGORITHMS``."""
     if algorithm == "blake3":
-        return blake3()
+        return blake3(max_threads=blake3.AUTO)  # its threads pay on the 1 MiB chunks a payload arrives in
     if algorithm == "sha256":
         return hashlib.sha256()
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
