@@ -20,7 +20,9 @@ entry order:
   A chunk is self-describing (its 32-byte header carries its raw and compressed sizes); the
   chunks of an entry must fill exactly its byte count, and the last chunk must end the payload.
   The sign and exponent bytes of neighbouring floats are alike and compress well, the low
-  mantissa bytes hardly at all, and zstd does better on each kind apart than on the mix.
+  mantissa bytes hardly at all, and zstd does better on each kind apart than on the mix. A reader
+  inflates only chunks whose header says what fedmq writes (``BLOSC_EXTENDED``): no other codec
+  (C-Blosc2 may look for a plug-in library for one), no other filter, no special value but zeros.
 
 Version 1 (fedmq before issue 17; still decoded, never written): the whole of
 ``b"FMQT" | header length | header | streams`` in one zstd frame, the header without
@@ -62,6 +64,13 @@ BLOSC_BLOCKSIZE = 1 << 17
 BLOSC_HEADER = struct.Struct("<BBBBiii")  # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 BLOSC_MIN_HEADER_BYTES = 32  # a Blosc2 chunk's extended header
 BLOSC_OVERHEAD = 32  # at most this many bytes more than its raw size (C-Blosc2's BLOSC2_MAX_OVERHEAD)
+# What a chunk fedmq writes says in its extended header, and all a reader accepts: the shuffle
+# filter alone (bytes 16-21), zstd (byte 22), no codec or filter meta (23-30), and no special value
+# but "all zeros" (byte 31: 0 or 0x10). A chunk naming another codec could make C-Blosc2 look for a
+# plug-in library, and one of its special values ("uninitialised") would hand out memory unwritten.
+BLOSC_EXTENDED = bytes([1, 0, 0, 0, 0, 0, 5]) + bytes(8)
+BLOSC_SPECIALS = (0x00, 0x10)
+BLOSC_FLAG_EXTENDED, BLOSC_FLAG_MEMCPYED, BLOSC_FORMAT_ZSTD = 0x04, 0x02, 4
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 DECODE_THREADS = ENCODE_THREADS
 # Version 1's parameters (its writer is kept for tests): zstd level 1, a block per byte plane, single-threaded (zstd's own threads gained nothing on 2 cores
@@ -271,7 +280,11 @@ def _inflate_entry(cursor: _Cursor, entry: Entry, out: np.ndarray) -> None:
     while filled < out.size:
         if cursor.left < BLOSC_MIN_HEADER_BYTES:
             raise ProtocolError(f"payload is truncated: tensor {entry.name!r} has {filled} of its {out.size} bytes")
-        _, _, _, _, nbytes, _, cbytes = BLOSC_HEADER.unpack(cursor.peek(16))
+        head32 = cursor.peek(BLOSC_MIN_HEADER_BYTES)
+        _, _, flags, _, nbytes, _, cbytes = BLOSC_HEADER.unpack_from(head32)
+        if (not flags & BLOSC_FLAG_EXTENDED or not (flags >> 5 == BLOSC_FORMAT_ZSTD or flags & BLOSC_FLAG_MEMCPYED)
+                or head32[16:31] != BLOSC_EXTENDED or head32[31] not in BLOSC_SPECIALS):
+            raise ProtocolError(f"tensor {entry.name!r}: a compressed chunk that is not shuffle + zstd as fedmq writes it")
         if not 0 < nbytes <= out.size - filled:
             raise ProtocolError(f"tensor {entry.name!r}: a compressed chunk of {nbytes} bytes where "
                                 f"{out.size - filled} are left")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
+
 import pytest
 import torch
 import zstandard
@@ -313,9 +315,7 @@ F32_8 = {"codec": "shuffle+zstd", "compression": "blosc2-zstd", "tensors": [{**F
 
 
 def blosc_chunk(raw: bytes, typesize: int = 4) -> bytes:
-    import blosc2
-
-    return blosc2.compress2(raw, typesize=typesize, codec=blosc2.Codec.ZSTD)
+    return fmqt._compress_block((np.frombuffer(raw, dtype=np.uint8), typesize))
 
 
 BAD_V2 = {
@@ -332,6 +332,10 @@ BAD_V2 = {
     "chunk-garbage": (v2(F32_8, struct.pack("<BBBBiii", 5, 1, 0, 4, 32, 32, 48) + bytes(range(16)) + bytes(16)),
                       "does not inflate|compressed chunk"),
     "chunk-after-last": (v2(F32_8, blosc_chunk(bytes(32)) + blosc_chunk(bytes(4))), "follow the container's last tensor"),
+    "other-codec": (v2(F32_8, (lambda c: c[:22] + bytes([37]) + c[23:])(blosc_chunk(bytes(range(32))))), "not shuffle \\+ zstd"),
+    "other-filter": (v2(F32_8, (lambda c: c[:17] + bytes([3]) + c[18:])(blosc_chunk(bytes(range(32))))), "not shuffle \\+ zstd"),
+    "uninitialised": (v2(F32_8, (lambda c: c[:31] + bytes([0x30]))(blosc_chunk(bytes(32)))), "not shuffle \\+ zstd"),
+    "lz4": (v2(F32_8, __import__("blosc2").compress2(bytes(range(32)), typesize=4)), "not shuffle \\+ zstd"),
     "huge-claim": (v2({**F32_8, "tensors": [{**F32_W, "shape": [2**40]}]}, blosc_chunk(bytes(32))), "inflates past"),
 }
 
