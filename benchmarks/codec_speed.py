@@ -65,7 +65,8 @@ def main() -> None:
             encode_s, payload = timed(lambda: encode_state(state, codec), args.reps)
             digest_s, value = timed(lambda: digest(payload), args.reps)
             decode_s, _ = timed(lambda: decode_state(payload, codec, MAX_BYTES), args.reps)
-            emit({"model": name, "codec_tested": codec, "model_mb": round(raw / MB, 3), "wire_ratio": round(len(payload) / raw, 4),
+            emit({"model": name, "codec_tested": codec, "model_mb": round(raw / MB, 3),
+                  "wire_ratio": round(len(payload) / raw, 4),
                   "encode_ms": round(encode_s * 1e3, 2), "digest_ms": round(digest_s * 1e3, 2),
                   "decode_ms": round(decode_s * 1e3, 2), "encode_mb_s": round(raw / MB / encode_s, 1),
                   "digest_mb_s": round(raw / MB / digest_s, 1), "decode_mb_s": round(raw / MB / decode_s, 1),

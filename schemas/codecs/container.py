@@ -73,7 +73,8 @@ BLOSC_SPECIALS = (0x00, 0x10)
 BLOSC_FLAG_EXTENDED, BLOSC_FLAG_MEMCPYED, BLOSC_FORMAT_ZSTD = 0x04, 0x02, 4
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 DECODE_THREADS = ENCODE_THREADS
-# Version 1's parameters (its writer is kept for tests): zstd level 1, a block per byte plane, single-threaded (zstd's own threads gained nothing on 2 cores
+# Version 1's parameters (its writer is kept for tests): zstd level 1, a block per byte plane,
+# single-threaded (zstd's own threads gained nothing on 2 cores
 # at level 1, and would make the bytes depend on the machine). Parameters are fixed, not derived
 # from the input's size: told a small model's size, zstd would pick others.
 #
