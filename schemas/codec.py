@@ -73,8 +73,11 @@ def update_seed(*parts: object) -> int:
 
 
 def encode_state(state: StateDict, codec: str = DEFAULT_CODEC, *, base: Base | None = None, seed: int = 0,
-                 residual: StateDict | None = None) -> bytes:
+                 residual: StateDict | None = None) -> bytes | memoryview:
     """Encode named tensors; the same tensors (whatever their order, strides or storage) give the same bytes.
+
+    Bytes-like: ``bytes``, or (the container codecs) a read-only ``memoryview``; ``bytes(payload)``
+    where a ``bytes`` is needed.
 
     Delta codecs need ``base``, the model the tensors were trained from; ``seed`` seeds
     ``delta-int8``'s stochastic rounding; ``residual`` is ``delta-topk``'s error feedback, a dict the

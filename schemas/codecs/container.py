@@ -158,14 +158,20 @@ def stream_bytes(entry: Entry) -> int:
 # -- writing --------------------------------------------------------------------------------------
 
 
-def write(header: dict, segments: list[Segment], compress: bool = True) -> bytes:
-    """A version-2 container: the header, then the segments compressed (``blosc2-zstd``) or as they are."""
+def write(header: dict, segments: list[Segment], compress: bool = True) -> memoryview:
+    """A version-2 container: the header, then the segments compressed (``blosc2-zstd``) or as they are.
+
+    Bytes-like and read-only: a memoryview over a numpy buffer, not ``bytes``. Joining tens of
+    megabytes into a new ``bytes`` costs 4 times as long here (21 ms against 5.5 ms for ResNet-18),
+    all of it page faults: numpy asks the kernel for huge pages for a large buffer, and Python's
+    allocator does not.
+    """
     header = {**header, "compression": COMPRESSED if compress else UNCOMPRESSED}
     # Validated like a received header: the writer holds itself to the format.
     head = Header.model_validate(header).model_dump_json(exclude_none=True).encode("utf-8")
     prefix = MAGIC_V2 + struct.pack("<I", len(head)) + head
     if not compress:
-        return b"".join([prefix, *(data for data, _ in segments if data.size)])
+        return _joined([prefix, *(data for data, _ in segments if data.size)])
     jobs = [(data[at:at + BLOCK_BYTES], itemsize) for data, itemsize in segments
             for at in range(0, data.size, BLOCK_BYTES)]
     if len(jobs) > 1 and ENCODE_THREADS > 1:
@@ -173,7 +179,17 @@ def write(header: dict, segments: list[Segment], compress: bool = True) -> bytes
             chunks = list(pool.map(_compress_block, jobs))
     else:
         chunks = [_compress_block(job) for job in jobs]
-    return b"".join([prefix, *chunks])
+    return _joined([prefix, *chunks])
+
+
+def _joined(parts: list) -> memoryview:
+    out = np.empty(sum(len(memoryview(p).cast("B")) for p in parts), dtype=np.uint8)
+    at = 0
+    for part in parts:
+        view = np.frombuffer(part, dtype=np.uint8)
+        out[at:at + view.size] = view
+        at += view.size
+    return memoryview(out).toreadonly()
 
 
 def _compress_block(job: tuple[np.ndarray, int]) -> bytes:

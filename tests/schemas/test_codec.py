@@ -62,6 +62,7 @@ def decode(payload: bytes, codec: str, max_bytes: int = BIG) -> dict[str, torch.
 def inflated_size(payload: bytes) -> int:
     """What a payload inflates to: the zstd frame's content (version 1, safetensors+zstd) or, for a
     version-2 container, its prefix, header and the tensors' bytes."""
+    payload = bytes(payload)
     if payload[:4] == b"FMQ2":
         head_len = int.from_bytes(payload[4:8], "little")
         header = json.loads(payload[8:8 + head_len])

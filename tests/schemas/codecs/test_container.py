@@ -40,6 +40,7 @@ def decode(payload: bytes, codec: str, max_bytes: int = BIG) -> dict[str, torch.
 
 
 def v2_header(payload: bytes) -> tuple[dict, bytes]:
+    payload = bytes(payload)
     assert payload[:4] == MAGIC_V2
     (head_len,) = struct.unpack_from("<I", payload, 4)
     return json.loads(payload[8:8 + head_len]), payload[8 + head_len:]
@@ -308,7 +309,7 @@ def test_a_truncated_version_2_container_is_refused(compress: bool, cut: int) ->
 def test_bytes_after_the_last_tensor_are_refused(compress: bool) -> None:
     payload = fmqt.write(*container_parts(UPDATE, "shuffle+zstd"), compress=compress)
     with pytest.raises(ProtocolError, match="follow"):
-        decode_state(payload + b"\0" * 40, "shuffle+zstd", BIG)
+        decode_state(bytes(payload) + b"\0" * 40, "shuffle+zstd", BIG)
 
 
 F32_8 = {"codec": "shuffle+zstd", "compression": "blosc2-zstd", "tensors": [{**F32_W, "shape": [8]}]}
