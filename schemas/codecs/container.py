@@ -73,6 +73,7 @@ BLOSC_SPECIALS = (0x00, 0x10)
 BLOSC_FLAG_EXTENDED, BLOSC_FLAG_MEMCPYED, BLOSC_FORMAT_ZSTD = 0x04, 0x02, 4
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 DECODE_THREADS = ENCODE_THREADS
+PARALLEL_MIN_BYTES = 4 << 20  # a smaller model is done before a thread pool is up (small CNN: 0.4 ms against 1.4)
 # Version 1's parameters (its writer is kept for tests): zstd level 1, a block per byte plane,
 # single-threaded (zstd's own threads gained nothing on 2 cores
 # at level 1, and would make the bytes depend on the machine). Parameters are fixed, not derived
@@ -174,7 +175,7 @@ def write(header: dict, segments: list[Segment], compress: bool = True) -> memor
         return _joined([prefix, *(data for data, _ in segments if data.size)])
     jobs = [(data[at:at + BLOCK_BYTES], itemsize) for data, itemsize in segments
             for at in range(0, data.size, BLOCK_BYTES)]
-    if len(jobs) > 1 and ENCODE_THREADS > 1:
+    if ENCODE_THREADS > 1 and len(jobs) > 1 and sum(data.size for data, _ in segments) >= PARALLEL_MIN_BYTES:
         with ThreadPoolExecutor(ENCODE_THREADS) as pool:  # C-Blosc2 lets go of the GIL while it compresses
             chunks = list(pool.map(_compress_block, jobs))
     else:
