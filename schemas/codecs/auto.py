@@ -72,13 +72,15 @@ class AutoCodec:
     def encode(self, state: StateDict) -> tuple[str, bytes]:
         """Choose, encode, and learn from it: (codec, payload)."""
         codec, reason = self.choose()
+        size = raw_size(state)
+        if self.threshold() is None and size < MIN_MEASURED_BYTES:
+            reason = f"compressed: a model of {size} bytes is too small to measure the codec and the link on"
         if codec != self.chosen:
             log.info("codec auto for %s: %s", self.who, reason)
             self.chosen = codec
         start = time.perf_counter()
         payload = encode_state(state, codec)
         seconds = time.perf_counter() - start
-        size = raw_size(state)
         if codec == SHUFFLE_ZSTD and size >= MIN_MEASURED_BYTES:
             self.encode_rate = size / max(seconds, 1e-6)
             self.ratio = len(payload) / size

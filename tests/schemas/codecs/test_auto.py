@@ -65,3 +65,11 @@ def test_small_publishes_do_not_measure_the_link() -> None:
     auto = measured(500, 1500, 0.84)
     auto.sent(MIN_MEASURED_BYTES - 1, 1e-6)
     assert auto.link_rate is None and auto.choose()[0] == "shuffle+zstd"
+
+
+def test_a_small_model_is_compressed_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    auto = AutoCodec("silo s1")
+    with caplog.at_level(logging.INFO, logger="fedmq.schemas.codecs.auto"):
+        assert auto.encode({"w": torch.zeros(1000)})[0] == "shuffle+zstd"
+    assert "compressed: a model of 4000 bytes is too small to measure" in caplog.text
+    assert auto.encode_rate is None
