@@ -20,7 +20,7 @@ from .commands.config_file import SharedEnvOption, config_option
 from .errors import ConfigError, FedmqError
 from .schemas import DEFAULT_CHUNK_SIZE, check_name
 from .schemas.catalog import MODELS, TASKS, defaults_help
-from .schemas.codecs.names import CODECS, DEFAULT_CODEC
+from .schemas.codecs.names import DEFAULT_JOB_CODEC, JOB_CODECS
 from .schemas.codecs.names import DESCRIPTIONS as CODEC_HELP
 from .stopping import EXIT_STOPPED, StopFlag, Stopped
 
@@ -276,7 +276,7 @@ def _strategy_options(f: Any) -> Any:
               help="Sample this many of the online silos for each round (at least --min-clients).")
 @click.option("--chunk-size", default=DEFAULT_CHUNK_SIZE, show_default=True, type=click.IntRange(1024),
               help="Largest MQTT message in bytes; models are sent in chunks of this size.")
-@click.option("--codec", default=DEFAULT_CODEC, show_default=True, type=click.Choice(CODECS),
+@click.option("--codec", default=DEFAULT_JOB_CODEC, show_default=True, type=click.Choice(JOB_CODECS),
               help="How the silos encode their updates: " + "; ".join(f"{n}: {d}" for n, d in CODEC_HELP.items())
               + ". Models are always sent lossless.")
 @click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")

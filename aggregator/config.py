@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..broker.url import BrokerUrl
-from ..schemas import DEFAULT_CHUNK_SIZE, DEFAULT_CODEC, DEFAULT_MAX_PAYLOAD_BYTES
+from ..schemas import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_PAYLOAD_BYTES
+from ..schemas.codecs.names import DEFAULT_JOB_CODEC
 from ..store import DEFAULT_DB
 from .strategies import StrategyOptions
 
@@ -41,7 +42,7 @@ class AggregatorConfig:
     max_samples_per_silo: int | None = None
     fraction: float | None = None
     clients_per_round: int | None = None
-    codec: str = DEFAULT_CODEC
+    codec: str = DEFAULT_JOB_CODEC
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     connect_timeout: float = 30.0

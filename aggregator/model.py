@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schemas import DEFAULT_CODEC
-from ..schemas.codec import Base, StateDict, encode_state, lossless_codec, sha256_hex
+from ..schemas.codec import AUTO, Base, StateDict, encode_state, lossless_codec, payload_digest
+from ..schemas.codecs.auto import AutoCodec
+
+# --codec auto for the model broadcasts: one per process, as the process has one link to the broker.
+# AggregatorLink.send_model feeds it the throughput of each broadcast.
+LINK = AutoCodec("the aggregator's broadcasts")
 
 
 @dataclass
@@ -24,10 +29,16 @@ class GlobalModel:
 
     @classmethod
     def of(cls, version: int, state: StateDict, codec: str) -> GlobalModel:
-        """Encode with the job's codec if it is lossless, else the default: a model is always sent exactly."""
+        """Encode with the job's codec if it is lossless, else ``auto``: a model is always sent exactly.
+
+        ``digest`` (BLAKE3 of the payload) names this version: ``base_digest``, ``model_digest``.
+        """
         codec = lossless_codec(codec)
-        payload = encode_state(state, codec)
-        return cls(version=version, state=state, payload=payload, digest=sha256_hex(payload), codec=codec)
+        if codec == AUTO:
+            codec, payload = LINK.encode(state)
+        else:
+            payload = encode_state(state, codec)
+        return cls(version=version, state=state, payload=payload, digest=payload_digest(payload), codec=codec)
 
     @property
     def base(self) -> Base:

@@ -8,13 +8,14 @@ with the reason), and the federation's ``_dispatch`` routes them.
 from __future__ import annotations
 
 import logging
+import time
 
 from ..broker.connection import Connection, Incoming
 from ..errors import BrokerError
 from ..schemas import JobSpec, ModelSync, PayloadInfo, TestRequest, Topics
 from ..schemas.messages import InitRequest, RoundStatus, UploadGrant
 from .config import AggregatorConfig
-from .model import GlobalModel
+from .model import LINK, GlobalModel
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -87,9 +88,12 @@ class AggregatorLink:
         """``model`` to every silo (or to ``silo`` alone); with ``train_round``, to train on for that round."""
         header = ModelSync(job=self.job, run_id=self.run_id, version=model.version, train_round=train_round,
                            train_silos=train_silos,
-                           payload=PayloadInfo(codec=model.codec, size=len(model.payload), sha256=model.digest))
+                           payload=PayloadInfo.of(model.codec, model.payload, model.digest))
         topic = self.topics.model if silo is None else self.topics.model_for(silo)
-        self.conn.publish(topic, header, model.payload, chunk_size=chunk_size)
+        start = time.monotonic()
+        sent = self.conn.publish(topic, header, model.payload, chunk_size=chunk_size)
+        if isinstance(sent, int):  # the link's throughput, for --codec auto
+            LINK.sent(sent, time.monotonic() - start)
 
     def send_grant(self, silo: str, round_number: int, seconds: float) -> None:
         """Let ``silo`` upload its update now (upload flow control, ``uploads.py``)."""

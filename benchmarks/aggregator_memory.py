@@ -74,7 +74,7 @@ def is_test_request(envelope: Envelope) -> bool:
 
 
 def update_header(sync: ModelSync, silo: str, payload_info: PayloadInfo) -> Update:
-    return Update(job=JOB, run_id=sync.run_id, silo=silo, round=1, base_digest=sync.payload.sha256, num_samples=100,
+    return Update(job=JOB, run_id=sync.run_id, silo=silo, round=1, base_digest=sync.payload.digest, num_samples=100,
                   train_loss=0.5, train_seconds=1.0, payload=payload_info)
 
 

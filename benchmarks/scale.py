@@ -42,7 +42,7 @@ from fedmq.schemas import (
     Topics,
     Update,
 )
-from fedmq.schemas.codec import decode_state, encode_state, sha256_hex
+from fedmq.schemas.codec import decode_state, encode_state
 from silo_sim import LABELS, AggregatorProcess, Listener, initial_weights, model_mb, silo_name
 
 JOB = "scale"
@@ -101,10 +101,11 @@ class EchoSilo(threading.Thread):
 
     def _send_back(self, conn: Connection, sync: ModelSync, payload: bytes) -> None:
         weights = decode_state(payload, sync.payload.codec, DEFAULT_MAX_PAYLOAD_BYTES)
-        update = encode_state(weights, self.spec.codec)
+        codec = sync.payload.codec if self.spec.codec == "auto" else self.spec.codec  # auto: as the model came
+        update = encode_state(weights, codec)
         header = Update(job=JOB, run_id=sync.run_id, silo=self.silo, round=sync.train_round,
-                        base_digest=sync.payload.sha256, num_samples=100, train_loss=None, train_seconds=0.0,
-                        payload=PayloadInfo(codec=self.spec.codec, size=len(update), sha256=sha256_hex(update)))
+                        base_digest=sync.payload.digest, num_samples=100, train_loss=None, train_seconds=0.0,
+                        payload=PayloadInfo.of(codec, update))
         conn.publish(self.topics.update(self.silo), header, update, chunk_size=self.spec.chunk_size)
         self.updates += 1
 

@@ -65,7 +65,7 @@ def sender_stage(thread: str, stack: str, frames: list[str]) -> str | None:
         return f"send: paho network thread > {function(frames[-1])}"
     if "MainThread" not in thread or "fedmq_once" not in stack:
         return None
-    for marker, name in (("encode_state", None), ("sha256_hex", "send: digest"), ("encode_chunks", "send: chunk"),
+    for marker, name in (("encode_state", None), ("digest_of", "send: digest"), ("encode_chunks", "send: chunk"),
                          ("probe", "send: probe"), ("publish", "send: paho publish (calling thread)")):
         if marker in stack:
             return name or f"send: encode_state > {function(frames[-1])}"

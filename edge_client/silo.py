@@ -31,7 +31,8 @@ from ..schemas import (
     Topics,
     Update,
 )
-from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
+from ..schemas.codec import AUTO, Base, StateDict, decode_state, encode_state, lossless_codec, update_seed
+from ..schemas.codecs.auto import AutoCodec
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.messages import InitRequest, TaskFailure, UploadGrant, UploadRequest
 from ..schemas.signing import Signed, sign
@@ -95,6 +96,7 @@ class SiloClient:
         self.run_state: RunState | None = None
         self.joined: set[str] = set()  # run ids this silo took part in
         self.key = _load_signing_key(config.signing_key) if config.signing_key else None
+        self.auto = AutoCodec(f"silo {config.silo}")  # --codec auto: compressed or raw, by this silo's link
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -281,7 +283,7 @@ class SiloClient:
                           num_samples=max(1, self.task.train_size()), loss=None, seconds=None)
 
     def _on_model(self, state: RunState, sync: ModelSync, payload: Received) -> None:
-        digest = sync.payload.sha256
+        digest = sync.payload.digest
         if digest not in state.models:
             weights = decode_state(payload, sync.payload.codec, self.cfg.max_model_bytes)
             state.models = {digest: (sync.version, weights)}  # keep only the newest global model
@@ -361,11 +363,14 @@ class SiloClient:
         held = state.models.get(base_digest or "")
         base = Base(held[1], base_digest) if held else None
         codec = state.spec.codec if base else lossless_codec(state.spec.codec)
-        payload = encode_state(weights, codec, base=base, residual=state.residual,
-                               seed=update_seed(state.spec.run_id, self.cfg.silo, round_number, base_digest))
+        if codec == AUTO:
+            codec, payload = self.auto.encode(weights)
+        else:
+            payload = encode_state(weights, codec, base=base, residual=state.residual,
+                                   seed=update_seed(state.spec.run_id, self.cfg.silo, round_number, base_digest))
         header = Update(job=self.cfg.job, run_id=state.spec.run_id, silo=self.cfg.silo, round=round_number,
                         base_digest=base_digest, num_samples=num_samples, train_loss=loss, train_seconds=seconds,
-                        payload=PayloadInfo(codec=codec, size=len(payload), sha256=sha256_hex(payload)))
+                        payload=PayloadInfo.of(codec, payload))
         header = self._signed(header)
         state.last_update = (header, payload)
         self._upload(state)
@@ -398,7 +403,10 @@ class SiloClient:
         return sign(header, self.key) if self.key is not None else header
 
     def _publish_update(self, header: Update, payload: bytes, chunk_size: int) -> None:
-        self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=chunk_size)
+        start = time.monotonic()
+        sent = self.conn.publish(self.topics.update(self.cfg.silo), header, payload, chunk_size=chunk_size)
+        if isinstance(sent, int):  # the link's throughput, for --codec auto
+            self.auto.sent(sent, time.monotonic() - start)
         if header.round > 0:
             log.info("round %d: update sent (%.1f MB)", header.round, len(payload) / 1e6)
 

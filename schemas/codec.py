@@ -2,7 +2,9 @@
 
 The entry point for both sides; the codecs themselves live in ``schemas/codecs/``:
 
-* ``shuffle+zstd`` (default, lossless): ``codecs/container.py``'s index + byte-shuffled streams, zstd.
+* ``shuffle+zstd`` (lossless): ``codecs/container.py``'s index + byte-shuffled streams, zstd (C-Blosc2).
+* ``raw`` (lossless): the same container, uncompressed. A job's ``auto`` (the default) picks one
+  of the two per payload by the sender's measured link (``codecs/auto.py``).
 * ``safetensors+zstd`` (lossless, the first format): ``codecs/legacy.py``.
 * ``delta-fp16``, ``delta-int8``, ``delta-topk`` (lossy, opt-in, updates only): the same container
   holding ``update - base`` (``codecs/delta.py``). Encoding and decoding take the base model.
@@ -24,33 +26,44 @@ from .codecs import container, delta, legacy
 from .codecs.base import Base, StateDict
 from .codecs.lossless import decode_full, encode_full
 from .codecs.names import (
+    AUTO,
     CODECS,
     DEFAULT_CODEC,
+    DEFAULT_JOB_CODEC,
+    JOB_CODECS,
     DELTA_CODECS,
     DELTA_FP16,
     DELTA_INT8,
     DELTA_TOPK,
     LOSSLESS_CODECS,
+    RAW,
     SAFETENSORS_ZSTD,
     SHUFFLE_ZSTD,
     check_codec,
     is_delta,
     lossless_codec,
 )
-from .pieces import Pieces
+from .pieces import Pieces, digest_of
 
 # Which container encodings each codec may hold (``full``: a tensor sent whole).
-ENCODINGS = {SHUFFLE_ZSTD: ("full",), DELTA_FP16: ("full", "fp16"), DELTA_INT8: ("full", "int8"),
+ENCODINGS = {SHUFFLE_ZSTD: ("full",), RAW: ("full",), DELTA_FP16: ("full", "fp16"), DELTA_INT8: ("full", "int8"),
              DELTA_TOPK: ("full", "topk")}
 
 __all__ = [
-    "CODECS", "DEFAULT_CODEC", "DELTA_CODECS", "LOSSLESS_CODECS", "SAFETENSORS_ZSTD", "SHUFFLE_ZSTD", "Base", "StateDict",
-    "check_codec", "decode_state", "encode_state", "is_delta", "lossless_codec", "raw_size", "sha256_hex", "update_seed",
+    "AUTO", "CODECS", "DEFAULT_CODEC", "DEFAULT_JOB_CODEC", "DELTA_CODECS", "JOB_CODECS", "LOSSLESS_CODECS", "RAW",
+    "SAFETENSORS_ZSTD", "SHUFFLE_ZSTD", "Base", "StateDict", "check_codec", "decode_state", "encode_state", "is_delta",
+    "lossless_codec", "payload_digest", "raw_size", "sha256_hex", "update_seed",
 ]
 
 
 def sha256_hex(data: bytes) -> str:
+    """SHA-256, hex: the payload digest of fedmq before issue 17 (still checked where a header names it)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def payload_digest(data: bytes | Pieces) -> str:
+    """The digest fedmq puts in a payload's header (``PayloadInfo.blake3``) and names a model by: BLAKE3, hex."""
+    return digest_of(data, "blake3")
 
 
 def update_seed(*parts: object) -> int:
@@ -60,16 +73,28 @@ def update_seed(*parts: object) -> int:
 
 
 def encode_state(state: StateDict, codec: str = DEFAULT_CODEC, *, base: Base | None = None, seed: int = 0,
-                 residual: StateDict | None = None) -> bytes:
+                 residual: StateDict | None = None) -> bytes | memoryview:
     """Encode named tensors; the same tensors (whatever their order, strides or storage) give the same bytes.
+
+    Bytes-like: ``bytes``, or (the container codecs) a read-only ``memoryview``; ``bytes(payload)``
+    where a ``bytes`` is needed.
 
     Delta codecs need ``base``, the model the tensors were trained from; ``seed`` seeds
     ``delta-int8``'s stochastic rounding; ``residual`` is ``delta-topk``'s error feedback, a dict the
     sender keeps from one update to the next (read and updated in place). Lossless codecs ignore all three.
     """
+    if codec == AUTO:
+        raise ValueError("'auto' picks a codec per payload: encode with codecs.auto.AutoCodec, or name the codec")
     check_codec(codec)
     if codec == SAFETENSORS_ZSTD:
         return legacy.encode(state)
+    header, segments = container_parts(state, codec, base=base, seed=seed, residual=residual)
+    return container.write(header, segments, compress=codec != RAW)
+
+
+def container_parts(state: StateDict, codec: str, *, base: Base | None = None, seed: int = 0,
+                    residual: StateDict | None = None) -> tuple[dict, list[container.Segment]]:
+    """The container's header and streams for ``state`` (``encode_state`` writes them; tests write version 1 too)."""
     if is_delta(codec) and base is None:
         raise ValueError(f"codec {codec} encodes the difference from a base model: pass base=")
     generator = torch.Generator().manual_seed(seed % 2**63)
@@ -82,8 +107,7 @@ def encode_state(state: StateDict, codec: str = DEFAULT_CODEC, *, base: Base | N
         entry, streams = part or encode_full(name, state[name])
         entries.append(entry)
         segments.extend(streams)
-    header = {"codec": codec, "base": base.digest if is_delta(codec) else None, "tensors": entries}
-    return container.write(header, segments, container.DELTA_PARAMS if is_delta(codec) else container.WEIGHTS_PARAMS)
+    return {"codec": codec, "base": base.digest if is_delta(codec) else None, "tensors": entries}, segments
 
 
 def decode_state(payload: bytes | Pieces, codec: str, max_bytes: int, *, base: Base | None = None) -> StateDict:
@@ -94,7 +118,7 @@ def decode_state(payload: bytes | Pieces, codec: str, max_bytes: int, *, base: B
     check_codec(codec)
     if codec == SAFETENSORS_ZSTD:
         return legacy.decode(payload, max_bytes)
-    header, views = container.read(payload, max_bytes)
+    header, streams = container.read(payload, max_bytes)
     if header.codec != codec:
         raise ProtocolError(f"payload is a {header.codec!r} container, not {codec!r}")
     if is_delta(codec):
@@ -107,13 +131,15 @@ def decode_state(payload: bytes | Pieces, codec: str, max_bytes: int, *, base: B
     elif header.base is not None:
         raise ProtocolError(f"a {codec} payload names no base model")
     out: StateDict = {}
-    for entry, view in views:
+    if header.codec == RAW and header.compression != container.UNCOMPRESSED:
+        raise ProtocolError("a raw payload is not compressed")
+    for entry, data in streams:
         if entry.enc not in ENCODINGS[codec]:
             raise ProtocolError(f"tensor {entry.name!r}: encoding {entry.enc!r} is not part of {codec}")
         if entry.enc == "full":
-            out[entry.name] = decode_full(entry, view)
+            out[entry.name] = decode_full(entry, data)
         else:
-            out[entry.name] = delta.decode_delta(entry, view, base.state.get(entry.name))
+            out[entry.name] = delta.decode_delta(entry, data, base.state.get(entry.name))
     return out
 
 

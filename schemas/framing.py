@@ -9,7 +9,6 @@ cannot make the receiver buffer without bound.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import time
 import uuid
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import Overloaded, ProtocolError
 from .limits import DEFAULT_CHUNK_SIZE
 from .messages import MAX_HEADER_BYTES, Message, dump_header, parse_header
-from .pieces import Buffer, Pieces
+from .pieces import Buffer, Pieces, hasher
 
 MAGIC = b"FMQ\x01"
 _PREFIX = struct.Struct("!4s16sII")
@@ -65,8 +64,8 @@ def unpack_message(data: Buffer | Pieces, topic: str = "") -> Envelope:
         return Envelope(header=header, topic=topic)
     if len(payload) != info.size:
         raise ProtocolError(f"payload is {len(payload)} bytes but the header declares {info.size}")
-    if payload.digest() != info.sha256:
-        raise ProtocolError("payload sha256 does not match the header")
+    if payload.digest(info.algorithm) != info.digest:
+        raise ProtocolError(f"payload {info.algorithm} does not match the header")
     return Envelope(header=header, payload=payload, topic=topic)
 
 
@@ -111,9 +110,12 @@ class _Partial:
     touched: float  # when its last new chunk arrived
     parts: dict[int, memoryview] = field(default_factory=dict)
     size: int = 0
-    # The payload's sha256, fed chunk by chunk in order as they arrive, so the whole message needs
-    # no second read: chunks up to ``hashed`` (exclusive) are in; ``skip`` header bytes are left out.
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    # The payload's digest (the algorithm its header names), fed chunk by chunk in order as they
+    # arrive, so the whole message needs no second read: chunks up to ``hashed`` (exclusive) are in;
+    # ``skip`` header bytes are left out. A header that does not fit the first chunk, or that does
+    # not parse, leaves the digest to ``unpack_message`` (which also reports what is wrong).
+    running: object | None = None
+    algorithm: str = ""
     hashed: int = 0
     skip: int = 0
     payload_start: int | None = None  # the header's end, known once chunk 0 is in
@@ -121,17 +123,32 @@ class _Partial:
     def feed_hash(self) -> None:
         while self.hashed in self.parts:
             part = self.parts[self.hashed]
-            if self.hashed == 0:
-                if len(part) < _HEADER_LEN.size:
-                    return  # a header length split over chunks: left to unpack_message
-                self.payload_start = self.skip = _HEADER_LEN.size + _HEADER_LEN.unpack_from(part)[0]
+            if self.hashed == 0 and not self._start(part):
+                self.hashed = -1  # never in parts: hashing stops
+                return
             drop = min(self.skip, len(part))
             self.skip -= drop
-            self.hasher.update(part[drop:])
+            self.running.update(part[drop:])
             self.hashed += 1
 
+    def _start(self, part: memoryview) -> bool:
+        if len(part) < _HEADER_LEN.size:
+            return False
+        end = _HEADER_LEN.size + _HEADER_LEN.unpack_from(part)[0]
+        if end > len(part):
+            return False
+        try:
+            info = getattr(parse_header(bytes(part[_HEADER_LEN.size:end])), "payload", None)
+        except ProtocolError:
+            return False
+        if info is None:
+            return False
+        self.algorithm, self.running = info.algorithm, hasher(info.algorithm)
+        self.payload_start = self.skip = end
+        return True
+
     def whole(self) -> Pieces:
-        known = {self.payload_start: self.hasher.hexdigest()} if self.hashed == self.count else {}
+        known = {(self.payload_start, self.algorithm): self.running.hexdigest()} if self.hashed == self.count else {}
         return Pieces((self.parts[i] for i in range(self.count)), known)
 
 

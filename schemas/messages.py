@@ -12,11 +12,22 @@ import json
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ..errors import ProtocolError
-from .codecs.names import CODECS
+from .codecs.names import JOB_CODECS
 from .limits import MAX_SILOS_LISTED
+from .pieces import DIGEST_ALGORITHMS, Buffer, Pieces, digest_of
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
@@ -48,13 +59,50 @@ class _RunHeader(_Header):
 
 
 class PayloadInfo(BaseModel):
-    """Describes the bytes that follow the header; the receiver checks size and digest."""
+    """Describes the bytes that follow the header; the receiver checks size and digest.
+
+    The digest is one of two fields, and the field names its algorithm: ``blake3`` (256-bit
+    BLAKE3, what fedmq sends since issue 17: 3 to 4 times faster than SHA-256 here, at the same
+    128-bit collision strength) or ``sha256`` (what fedmq sent before; still accepted, so a peer of
+    the earlier version is understood). Exactly one is present, and the field left out is left out
+    of the JSON too, so a header of the earlier version serialises, and its signature verifies,
+    exactly as before. ``digest`` is the value, whichever the algorithm: it also names the payload
+    (a model's identity in ``base_digest`` and ``model_digest``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     codec: Annotated[str, Field(max_length=64)]
     size: Count
-    sha256: Digest
+    sha256: Digest | None = None
+    blake3: Digest | None = None
+
+    @model_validator(mode="after")
+    def _one_digest(self) -> PayloadInfo:
+        if (self.sha256 is None) == (self.blake3 is None):
+            raise ValueError("exactly one of 'sha256' and 'blake3' names the payload's digest")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_the_other_digest(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for algorithm in DIGEST_ALGORITHMS:
+            if data.get(algorithm, "") is None:
+                del data[algorithm]
+        return data
+
+    @property
+    def algorithm(self) -> str:
+        return "blake3" if self.blake3 is not None else "sha256"
+
+    @property
+    def digest(self) -> str:
+        return self.blake3 if self.blake3 is not None else self.sha256
+
+    @classmethod
+    def of(cls, codec: str, payload: Buffer | Pieces, digest: str | None = None) -> PayloadInfo:
+        """What fedmq sends: the payload's size and BLAKE3 digest (``digest``, when the caller has it)."""
+        return cls(codec=codec, size=len(payload), blake3=digest or digest_of(payload, "blake3"))
 
 
 class TaskDefaults(BaseModel):
@@ -134,8 +182,8 @@ class JobSpec(_RunHeader):
     @classmethod
     def _known_codec(cls, value: str) -> str:
         """Both sides must know the job's codec: silos encode their updates with it (schemas/codec.py)."""
-        if value not in CODECS:
-            raise ValueError(f"unknown payload codec {value!r}; supported: {', '.join(CODECS)}")
+        if value not in JOB_CODECS:
+            raise ValueError(f"unknown payload codec {value!r}; supported: {', '.join(JOB_CODECS)}")
         return value
 
 

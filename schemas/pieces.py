@@ -4,22 +4,51 @@ The reassembler hands whole messages over as ``Pieces``: views into the chunks M
 Decoders read them as a file (``reader``), a piece at a time; ``bytes(pieces)`` joins them for the
 rare reader that needs one buffer. The reassembler hashes a payload as its chunks arrive and passes
 the digest on (``digests``), so verifying it does not read the bytes again.
+
+Digests: ``blake3`` (what fedmq sends since issue 17) and ``sha256`` (what it sent before), both
+256 bits, as lowercase hex; ``PayloadInfo`` names which one a payload carries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from blake3 import blake3
 
 Buffer = bytes | bytearray | memoryview
+DIGEST_ALGORITHMS = ("blake3", "sha256")
+BLAKE3_THREADS_MIN_BYTES = 1 << 20  # below this, BLAKE3's threads cost more than they save
+
+
+def hasher(algorithm: str):
+    """A new incremental hasher (``update``, ``hexdigest``) for one of ``DIGEST_ALGORITHMS``."""
+    if algorithm == "blake3":
+        return blake3(max_threads=blake3.AUTO)  # its threads pay on the 1 MiB chunks a payload arrives in
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"unknown digest algorithm {algorithm!r}")
+
+
+def digest_of(data: Buffer | Pieces, algorithm: str = "blake3") -> str:
+    """The digest (hex) of bytes or of ``Pieces``."""
+    if isinstance(data, Pieces):
+        return data.digest(algorithm)
+    if algorithm == "blake3":
+        threads = blake3.AUTO if len(data) >= BLAKE3_THREADS_MIN_BYTES else 1
+        return blake3(data, max_threads=threads).hexdigest()
+    return _HASHERS[algorithm](data).hexdigest()
+
+
+_HASHERS: dict[str, Callable] = {"sha256": hashlib.sha256}
 
 
 class Pieces:
     """Bytes held as a sequence of views, read in order. Immutable."""
 
-    def __init__(self, parts: Iterable[Buffer], digests: dict[int, str] | None = None) -> None:
-        """``digests``: offset -> sha256 (hex) of the bytes from that offset on, where already known."""
+    def __init__(self, parts: Iterable[Buffer], digests: dict[tuple[int, str], str] | None = None) -> None:
+        """``digests``: (offset, algorithm) -> digest (hex) of the bytes from that offset on, where already known."""
         self.parts = [memoryview(p).cast("B") for p in parts if len(p)]
         self._len = sum(len(p) for p in self.parts)
         self._digests = dict(digests or {})
@@ -59,17 +88,18 @@ class Pieces:
             if at + len(part) > start:
                 parts.append(part[max(start - at, 0):])
             at += len(part)
-        known = {offset - start: digest for offset, digest in self._digests.items() if offset >= start}
+        known = {(offset - start, algorithm): digest for (offset, algorithm), digest in self._digests.items()
+                 if offset >= start}
         return Pieces(parts, known)
 
-    def digest(self) -> str:
-        """The sha256 of the bytes, hex; computed once."""
-        if 0 not in self._digests:
-            hasher = hashlib.sha256()
+    def digest(self, algorithm: str = "blake3") -> str:
+        """The digest of the bytes (hex, ``blake3`` or ``sha256``); computed once."""
+        if (0, algorithm) not in self._digests:
+            running = hasher(algorithm)
             for part in self.parts:
-                hasher.update(part)
-            self._digests[0] = hasher.hexdigest()
-        return self._digests[0]
+                running.update(part)
+            self._digests[0, algorithm] = running.hexdigest()
+        return self._digests[0, algorithm]
 
     def reader(self) -> io.RawIOBase:
         """A new file object over the bytes, from the start."""
@@ -99,7 +129,7 @@ class _Reader(io.RawIOBase):
 
 def sha256_of(data: Buffer | Pieces) -> str:
     """The sha256 (hex) of bytes or of ``Pieces``."""
-    return data.digest() if isinstance(data, Pieces) else hashlib.sha256(data).hexdigest()
+    return digest_of(data, "sha256")
 
 
 def as_source(data: Buffer | Pieces) -> Buffer | io.RawIOBase:

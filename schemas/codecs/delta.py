@@ -27,7 +27,7 @@ import torch
 
 from ...errors import ProtocolError
 from .base import StateDict
-from .container import Entry, Segment, unshuffle
+from .container import Entry, Segment
 from .lossless import DTYPES, dtype_name, tensor_bytes
 
 MIN_LOSSY_NUMEL = 1024
@@ -91,8 +91,8 @@ def encode_delta(name: str, tensor: torch.Tensor, ref: torch.Tensor | None, enc:
     raise ValueError(f"unknown delta encoding {enc!r}")
 
 
-def decode_delta(entry: Entry, view: memoryview, ref: torch.Tensor | None) -> torch.Tensor:
-    """``ref + delta``, in a new tensor of ``ref``'s dtype and shape."""
+def decode_delta(entry: Entry, data: np.ndarray, ref: torch.Tensor | None) -> torch.Tensor:
+    """``ref + delta``, in a new tensor of ``ref``'s dtype and shape; ``data``: the entry's bytes in value order."""
     dtype = DTYPES[entry.dtype]
     if ref is None:
         raise ProtocolError(f"tensor {entry.name!r} is a delta but the base model has no such tensor")
@@ -102,17 +102,17 @@ def decode_delta(entry: Entry, view: memoryview, ref: torch.Tensor | None) -> to
     work = _work_dtype(dtype)
     out = ref.detach().to("cpu", work, copy=True).reshape(-1)
     if entry.enc == "fp16":
-        out += torch.from_numpy(unshuffle(view, 2).view(np.float16))
+        out += torch.from_numpy(data.view(np.float16))
     elif entry.enc == "int8":
-        out += torch.from_numpy(np.frombuffer(view, dtype=np.int8).astype(np.float32)).mul_(entry.scale)
+        out += torch.from_numpy(data.view(np.int8).astype(np.float32)).mul_(entry.scale)
     else:
         k = entry.k
-        gaps = unshuffle(view[:4 * k], 4).view(np.int32).astype(np.int64)
+        gaps = data[:4 * k].view(np.int32).astype(np.int64)
         if k and (gaps[0] < 0 or (k > 1 and int(gaps[1:].min()) < 1)):
             raise ProtocolError(f"tensor {entry.name!r}: top-k positions are not strictly increasing")
         positions = np.cumsum(gaps)
         if k and positions[-1] >= out.numel():
             raise ProtocolError(f"tensor {entry.name!r}: a top-k position is past the tensor's {out.numel()} values")
-        values = torch.from_numpy(unshuffle(view[4 * k:], 2).view(np.float16))
+        values = torch.from_numpy(data[4 * k:].view(np.float16))
         out[torch.from_numpy(positions)] += values.to(work)
     return out.to(dtype).reshape(entry.shape)

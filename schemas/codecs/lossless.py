@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ...errors import ProtocolError
-from .container import ITEMSIZE, Entry, Segment, unshuffle
+from .container import ITEMSIZE, Entry, Segment
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -37,8 +37,10 @@ def encode_full(name: str, tensor: torch.Tensor) -> tuple[dict, list[Segment]]:
     return entry, [(tensor_bytes(tensor), ITEMSIZE[dtype])]
 
 
-def decode_full(entry: Entry, view: memoryview) -> torch.Tensor:
-    data = unshuffle(view, ITEMSIZE[entry.dtype])
+def decode_full(entry: Entry, data: np.ndarray) -> torch.Tensor:
+    """The tensor over ``data`` (the entry's bytes in value order, a new writable array: no copy)."""
     if entry.dtype == "BOOL" and data.size and int(data.max()) > 1:
         raise ProtocolError(f"tensor {entry.name!r}: a bool tensor holds bytes other than 0 and 1")
+    if not data.size:  # numpy may give an empty array a stride torch will not view
+        return torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
     return torch.from_numpy(data).view(DTYPES[entry.dtype]).reshape(entry.shape)

@@ -58,7 +58,7 @@ class ScriptedSilo:
     def send(self, state: dict[str, torch.Tensor], base: ModelSync, num_samples: int) -> None:
         payload = encode_state(state, "safetensors+zstd")
         header = Update(job=self.topics.job, run_id=base.run_id, silo=self.name, round=base.train_round,
-                        base_digest=base.payload.sha256, num_samples=num_samples,
+                        base_digest=base.payload.digest, num_samples=num_samples,
                         payload=PayloadInfo(codec="safetensors+zstd", size=len(payload), sha256=sha256_hex(payload)))
         self.conn.publish(self.topics.update(self.name), header, payload)
 

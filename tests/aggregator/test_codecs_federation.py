@@ -47,7 +47,7 @@ def test_a_delta_int8_job_completes_with_small_updates(mosquitto, tmp_path: Path
     else:
         assert max(accuracy) >= 0.6 and min(loss[1:]) < loss[0], (accuracy, loss)
     assert federation.spec.codec == "delta-int8"
-    assert federation.global_model.codec == "shuffle+zstd", "models go out lossless whatever the job's codec"
+    assert federation.global_model.codec in ("shuffle+zstd", "raw"), "models go out lossless whatever the job's codec"
     raw = raw_size(load_file(str(tmp_path / "out" / job / "round-0004.safetensors")))
     with store.session() as s:
         updates = s.scalars(select(UpdateRecord).where(UpdateRecord.accepted)).all()

@@ -39,7 +39,7 @@ class HostileSilo:
         sync = self.conn.receive(timeout=120)
         assert sync is not None and isinstance(sync.header, ModelSync), sync
         weights = decode_state(sync.payload, sync.header.payload.codec, 1 << 28)
-        digest, run_id = sync.header.payload.sha256, sync.header.run_id
+        digest, run_id = sync.header.payload.digest, sync.header.run_id
         name = next(k for k, v in weights.items() if v.is_floating_point() and v.ndim > 1)
         nan = dict(weights, **{name: torch.full_like(weights[name], float("nan"))})
         wrong_shape = dict(weights, **{name: torch.zeros(3, 3)})

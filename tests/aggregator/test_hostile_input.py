@@ -74,7 +74,7 @@ class HostileSilo:
                 self.asked_again.append(sync.header.train_round)
             if sync.header.train_round == number and (again or not asked_again):
                 weights = decode_state(sync.payload, sync.header.payload.codec, 1 << 28)
-                return weights, sync.header.payload.sha256, sync.header.run_id
+                return weights, sync.header.payload.digest, sync.header.run_id
         raise AssertionError(f"round {number}'s model never reached the hostile silo{' again' if asked_again else ''}")
 
     def header(self, payload: bytes, round_number: int, base: str, run_id: str, signed: bool = True, **changes) -> Update:

@@ -30,6 +30,8 @@ from fedmq.errors import ProtocolError
 from fedmq.schemas.codec import (
     CODECS,
     DEFAULT_CODEC,
+    DEFAULT_JOB_CODEC,
+    JOB_CODECS,
     DELTA_CODECS,
     LOSSLESS_CODECS,
     Base,
@@ -41,6 +43,7 @@ from fedmq.schemas.codec import (
     sha256_hex,
     update_seed,
 )
+from fedmq.schemas.codecs.container import Entry, stream_bytes
 from fedmq.schemas.messages import JobSpec, dump_header, parse_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,6 +60,13 @@ def decode(payload: bytes, codec: str, max_bytes: int = BIG) -> dict[str, torch.
 
 
 def inflated_size(payload: bytes) -> int:
+    """What a payload inflates to: the zstd frame's content (version 1, safetensors+zstd) or, for a
+    version-2 container, its prefix, header and the tensors' bytes."""
+    payload = bytes(payload)
+    if payload[:4] == b"FMQ2":
+        head_len = int.from_bytes(payload[4:8], "little")
+        header = json.loads(payload[8:8 + head_len])
+        return 8 + head_len + sum(stream_bytes(Entry.model_validate(e)) for e in header["tensors"])
     return len(zstandard.ZstdDecompressor().decompressobj().decompress(payload))
 
 
@@ -267,7 +277,7 @@ def test_max_bytes_boundary(codec: str) -> None:
     state = {"w": torch.zeros(1000)}
     payload = encode_state(state, codec)
     inflated = inflated_size(payload)
-    assert len(payload) < inflated
+    assert len(payload) < inflated or codec == "raw"
     assert_same(decode_state(payload, codec, inflated), state)
     with pytest.raises(ProtocolError, match=f"inflates past the {inflated - 1}-byte limit"):
         decode_state(payload, codec, inflated - 1)
@@ -316,10 +326,18 @@ def test_unknown_codec_refused(name: str) -> None:
 
 
 def test_default_codec_and_names() -> None:
-    assert DEFAULT_CODEC == "shuffle+zstd"
-    assert set(CODECS) == {"shuffle+zstd", "safetensors+zstd", "delta-fp16", "delta-int8", "delta-topk"}
+    assert DEFAULT_CODEC == "shuffle+zstd" and DEFAULT_JOB_CODEC == "auto"
+    assert set(CODECS) == {"shuffle+zstd", "raw", "safetensors+zstd", "delta-fp16", "delta-int8", "delta-topk"}
+    assert JOB_CODECS == ("auto", *CODECS)
     assert set(DELTA_CODECS) == {c for c in CODECS if c.startswith("delta-")}
-    assert [lossless_codec(c) for c in CODECS] == ["shuffle+zstd", "safetensors+zstd"] + [DEFAULT_CODEC] * 3
+    assert [lossless_codec(c) for c in JOB_CODECS] == ["auto", "shuffle+zstd", "raw", "safetensors+zstd"] + ["auto"] * 3
+
+
+def test_auto_is_no_payload_codec() -> None:
+    with pytest.raises(ValueError, match="auto"):
+        encode_state({"w": torch.zeros(4)}, "auto")
+    with pytest.raises(ProtocolError, match="unknown payload codec"):
+        decode_state(encode_state({"w": torch.zeros(4)}, "raw"), "auto", 1 << 20)
 
 
 @pytest.mark.parametrize("codec", DELTA_CODECS)

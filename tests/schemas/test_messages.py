@@ -443,7 +443,7 @@ def test_parser_failures_are_protocol_errors(data: bytes) -> None:
 
 # --- fuzz ----------------------------------------------------------------------------------------
 
-FIELDS = sorted({f for h in SAMPLES.values() for f in type(h).model_fields} | {"payload", "codec", "size", "sha256"})
+FIELDS = sorted({f for h in SAMPLES.values() for f in type(h).model_fields} | {"payload", "codec", "size", "sha256", "blake3"})
 TYPES = sorted({h.type for h in SAMPLES.values()})
 
 json_values = st.recursive(

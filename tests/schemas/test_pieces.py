@@ -7,7 +7,8 @@ import hashlib
 import zstandard
 from fedmq.schemas.framing import PREFIX_SIZE, Reassembler, encode_chunks, unpack_message
 from fedmq.schemas.messages import PayloadInfo, Update
-from fedmq.schemas.pieces import Pieces
+from blake3 import blake3
+from fedmq.schemas.pieces import Pieces, digest_of
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,7 +28,8 @@ def test_pieces_read_like_the_joined_bytes(case, start: int, stop: int, read_siz
     assert len(pieces) == len(data) and bytes(pieces) == data and pieces == data
     assert pieces.take(start, stop) == data[start:stop]
     assert bytes(pieces.tail(start)) == data[start:]
-    assert pieces.digest() == hashlib.sha256(data).hexdigest()
+    assert pieces.digest() == blake3(data).hexdigest() == digest_of(data)
+    assert pieces.digest("sha256") == hashlib.sha256(data).hexdigest() == digest_of(data, "sha256")
     reader, out = pieces.reader(), b""
     while chunk := reader.read(read_size):
         out += chunk
@@ -35,9 +37,10 @@ def test_pieces_read_like_the_joined_bytes(case, start: int, stop: int, read_siz
 
 
 def test_a_digest_known_for_an_offset_follows_the_tail() -> None:
-    pieces = Pieces([b"head", b"payload"], {4: "cafe"})
+    pieces = Pieces([b"head", b"payload"], {(4, "blake3"): "cafe"})
     assert pieces.tail(4).digest() == "cafe"
-    assert pieces.tail(5).digest() == hashlib.sha256(b"ayload").hexdigest(), "no digest is known for offset 5"
+    assert pieces.tail(4).digest("sha256") == hashlib.sha256(b"payload").hexdigest(), "known for blake3 only"
+    assert pieces.tail(5).digest() == blake3(b"ayload").hexdigest(), "no digest is known for offset 5"
 
 
 def test_zstd_reads_a_frame_across_pieces() -> None:
