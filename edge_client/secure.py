@@ -259,7 +259,7 @@ class SecureUploads:
         self.client = silo
         peers = load_public_keys(silo.cfg.signing_key.parent)  # the folder `fedmq keys` made holds every silo's .pub
         self.protocol = SecureSilo(silo.cfg.job, silo.cfg.silo, silo.key, peers)
-        self.pending: dict[int, tuple[Any, dict]] = {}  # round -> (run state, the update header's fields)
+        self.pending: dict[int, dict[str, Any]] = {}  # round -> the trained update waiting for its setup or inbox
 
     def handle(self, state: Any, header: Any) -> None:
         p, topics, conn = self.protocol, self.client.topics, self.client.conn
@@ -270,6 +270,7 @@ class SecureUploads:
                 log.info("round %d: secure aggregation with %d silos (threshold %d); round keys sent", header.round,
                          len(header.silos), header.threshold)
                 conn.publish(up, answer)
+                self._feed(state, header.round)
         elif isinstance(header, SecAggKeyList):
             conn.publish(up, p.on_key_list(header))
         elif isinstance(header, SecAggInbox):
@@ -277,18 +278,31 @@ class SecureUploads:
         elif isinstance(header, SecAggUnmask):
             reveal = p.on_unmask(header)
             if reveal is not None:
+                log.info("round %d: revealed the shares asked for (%d survivors, %d dropped)", header.round,
+                         len(header.survivors), len(header.dropped))
                 conn.publish(up, reveal)
         elif isinstance(header, SecAggAbort):
             log.warning("round %d: secure aggregation aborted by the aggregator: %s", header.round, header.reason)
             p.on_abort(header)
+            self.pending.pop(header.round, None)
 
     def trained(self, state: Any, round_number: int, base_digest: str, weights: dict, num_samples: int,
                 fields: dict) -> None:
-        """The silo trained for ``round_number``: mask its update (now, or when the inbox comes) and send it."""
-        base = state.models[base_digest][1]
-        delta = delta_vector(weights, base)
-        self.pending[round_number] = (state, dict(fields, base_digest=base_digest))
-        self._upload(state, round_number, self.protocol.trained(round_number, state.spec.run_id, delta, num_samples))
+        """The silo trained for ``round_number``: mask its update (now, or when the setup and inbox come) and send it."""
+        delta = delta_vector(weights, state.models[base_digest][1])
+        self.pending = {r: p for r, p in self.pending.items() if r >= round_number - 1}
+        self.pending[round_number] = {"delta": delta, "num_samples": num_samples,
+                                      "fields": dict(fields, base_digest=base_digest)}
+        self._feed(state, round_number)
+
+    def _feed(self, state: Any, round_number: int) -> None:
+        """Give the protocol the trained update once it has the round's setup (the model comes first)."""
+        pending = self.pending.get(round_number)
+        if pending is None or "delta" not in pending or round_number not in self.protocol.rounds:
+            return
+        delta = pending.pop("delta")
+        self._upload(state, round_number,
+                     self.protocol.trained(round_number, state.spec.run_id, delta, pending["num_samples"]))
 
     def _upload(self, state: Any, round_number: int, masked: np.ndarray | None) -> None:
         if masked is None:
@@ -296,7 +310,7 @@ class SecureUploads:
         from ..schemas import PayloadInfo, Update
         from ..schemas.codec import sha256_hex
 
-        _, fields = self.pending.pop(round_number)
+        fields = self.pending.pop(round_number)["fields"]
         payload = masked.astype("<u4", copy=False).tobytes()
         # The sample count is hidden under the masks (the vector's last element): the header says 1.
         header = Update(job=self.client.cfg.job, run_id=state.spec.run_id, silo=self.client.cfg.silo,

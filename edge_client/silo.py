@@ -34,6 +34,7 @@ from ..schemas import (
 from ..schemas.codec import Base, StateDict, decode_state, encode_state, lossless_codec, sha256_hex, update_seed
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.messages import InitRequest, TaskFailure
+from ..schemas.secagg import SECAGG_MESSAGES
 from ..schemas.signing import Signed, sign
 from ..stopping import EXIT_STOPPED, StopFlag, Stopped
 from .config import ClientConfig
@@ -90,6 +91,7 @@ class SiloClient:
         self.run_state: RunState | None = None
         self.joined: set[str] = set()  # run ids this silo took part in
         self.key = _load_signing_key(config.signing_key) if config.signing_key else None
+        self.secure = None  # secure aggregation (edge_client/secure.py), made for the first job that asks for it
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -171,6 +173,8 @@ class SiloClient:
                 self._on_model(state, header, envelope.payload)
             elif isinstance(header, TestRequest):
                 self._on_test_request(state, header)
+            elif isinstance(header, SECAGG_MESSAGES) and state.spec.secure_agg:  # secure aggregation's steps
+                self._secure().handle(state, header)
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
         return None
@@ -335,6 +339,10 @@ class SiloClient:
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
+        if state.spec.secure_agg and round_number > 0:  # secure aggregation: masked, sent once its peers are known
+            self._secure().trained(state, round_number, base_digest, weights, num_samples,
+                                   {"train_loss": loss, "train_seconds": seconds})
+            return
         # A lossy job codec encodes the change from the model trained on; the initial weights have none and go lossless.
         held = state.models.get(base_digest or "")
         base = Base(held[1], base_digest) if held else None
@@ -347,6 +355,13 @@ class SiloClient:
         header = self._signed(header)
         state.last_update = (header, payload)
         self._publish_update(header, payload, state.spec.chunk_size)
+
+    def _secure(self):  # -> SecureUploads
+        if self.secure is None:
+            from .secure import SecureUploads
+
+            self.secure = SecureUploads(self)
+        return self.secure
 
     def _signed(self, header: Signed) -> Signed:
         return sign(header, self.key) if self.key is not None else header
