@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -125,10 +126,40 @@ def unseal(key: bytes, sealed: bytes, context: bytes) -> bytes:
 
 
 # -- PRG and fixed point ---------------------------------------------------------------------------
+_ZEROS_LOCK = threading.Lock()
+_zeros = b""  # read-only, shared: ChaCha20 encrypts zeros into its keystream
+_scratch = threading.local()  # each thread's keystream buffer, reused: a fresh 45 MB array costs more than the cipher
+
+
+def _keystream(seed: bytes, length: int) -> np.ndarray:
+    """ChaCha20's keystream under ``seed``, ``length`` ring elements, in this thread's scratch buffer (valid
+    until its next call)."""
+    global _zeros
+    size = 4 * length
+    with _ZEROS_LOCK:
+        if len(_zeros) < size:
+            _zeros = bytes(size)
+        zeros = memoryview(_zeros)[:size]
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < size + 64:
+        buffer = _scratch.buffer = bytearray(size + 64)
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    encryptor.update_into(zeros, buffer)
+    return np.frombuffer(buffer, dtype="<u4", count=length)
+
+
 def prg(seed: bytes, length: int) -> np.ndarray:
     """``length`` pseudo-random ring elements expanded from a 32-byte ``seed`` (ChaCha20's keystream)."""
-    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(bytes(4 * length)), dtype="<u4").astype(RING, copy=False)
+    return _keystream(seed, length).astype(RING, copy=True)
+
+
+def add_prg(vector: np.ndarray, seed: bytes, sign: int) -> None:
+    """``vector`` += ``sign`` * PRG(seed), in place, in the ring."""
+    stream = _keystream(seed, len(vector))
+    if sign > 0:
+        np.add(vector, stream, out=vector)
+    else:
+        np.subtract(vector, stream, out=vector)
 
 
 def choose_scale(parties: int, clip_norm: float) -> float:
@@ -172,13 +203,10 @@ def dequantise(total: np.ndarray, *, scale: float, weight_cap: int) -> tuple[np.
 
 def add_masks(vector: np.ndarray, self_seed: bytes, pairwise: Iterable[tuple[bytes, int]]) -> np.ndarray:
     """``vector`` + PRG(self_seed) + sum of sign * PRG(seed) over ``pairwise`` (seed, +1 or -1), in the ring."""
-    out = vector + prg(self_seed, len(vector))
+    out = vector.copy()
+    add_prg(out, self_seed, 1)
     for seed, sign in pairwise:
-        mask = prg(seed, len(vector))
-        if sign > 0:
-            out += mask
-        else:
-            out -= mask
+        add_prg(out, seed, sign)
     return out
 
 

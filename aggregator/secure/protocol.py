@@ -212,18 +212,14 @@ class SecureRound:
             seed = self._recover(silo, "seed", revealers)
             if mk.commit(seed) != self.keys[silo].seed_commit:
                 self._fail(f"the self-mask seed of {silo} does not match its commitment (inconsistent shares)")
-            total -= mk.prg(seed, self.length)
+            mk.add_prg(total, seed, -1)
         for gone in (s for s in self.u2 if s not in self.u3):
             private = self._recover(gone, "key", revealers)
             if base64.b64encode(mk.public_of(private)).decode() != self.keys[gone].mask_pk:
                 self._fail(f"the mask key of {gone} does not match its public key (inconsistent shares)")
             for silo in self.u3:
                 seed = mk.agree(private, base64.b64decode(self.keys[silo].mask_pk), "mask")
-                mask = mk.prg(seed, self.length)
-                if mk.pair_sign(silo, gone) > 0:  # what ``silo`` added for the pair: take it away
-                    total -= mask
-                else:
-                    total += mask
+                mk.add_prg(total, seed, -mk.pair_sign(silo, gone))  # take away what ``silo`` added for the pair
         self.step = "done"
         return total
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.federation import Federation
 from fedmq.aggregator.strategies import StrategyOptions
+from fedmq.commands.history import render_rounds
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.secure import delta_vector
 from fedmq.edge_client.silo import ClientConfig, SiloClient
@@ -174,6 +175,8 @@ def test_dropouts_after_keys_and_after_upload_leave_the_survivors_sum(mosquitto,
     assert metrics["secure_dropped_upload"] == 1 and metrics["secure_dropped_reveal"] == 1
     assert rows[0]["num_samples"] == 4 * 16
     reasons = rejections(job.store, "secure-drop", 1)
+    table = render_rounds("secure-drop", rows)  # `fedmq history` marks the secure rounds
+    assert "unmasked, dropped 0/0/1/1" in table and "unmasked, dropped 0/0/0/0" in table
     assert any("no answer to step 'upload'" in r for r in reasons) and any("step 'reveal'" in r for r in reasons)
 
 
@@ -188,6 +191,7 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_and_the_next_complete
     assert rows[0]["metrics"]["secure_unmasked"] == 0 and rows[0]["metrics"]["secure_dropped_upload"] == 1
     assert any("fewer than the threshold of 3" in r for r in rejections(job.store, "secure-short", 1))
     assert not (job.out / "secure-short" / "round-0001.safetensors").exists()
+    assert "NOT unmasked, dropped 0/0/1/0" in render_rounds("secure-short", rows)
     job.assert_fedavg(2, ["s0", "s1", "s2"])  # round 2 trained on the initial model again
 
 
