@@ -63,9 +63,15 @@ def share_context(job: str, run_id: str, round_number: int, dealer: str, holder:
 def delta_vector(weights: dict[str, Any], base: dict[str, Any]) -> np.ndarray:
     """The float tensors' change from ``base``, in state-dict order, flattened (float64). Integer buffers
     (num_batches_tracked) are left out: the aggregator keeps the global model's."""
-    parts = [(weights[name].double() - tensor.double()).reshape(-1).numpy()
-             for name, tensor in base.items() if tensor.is_floating_point()]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    floats = [(name, tensor) for name, tensor in base.items() if tensor.is_floating_point()]
+    out = np.empty(sum(t.numel() for _, t in floats), dtype=np.float64)
+    offset = 0
+    for name, tensor in floats:
+        size = tensor.numel()
+        np.subtract(weights[name].detach().reshape(-1).numpy(), tensor.reshape(-1).numpy(), out=out[offset:offset + size],
+                    dtype=np.float64)
+        offset += size
+    return out
 
 
 @dataclass

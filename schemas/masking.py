@@ -184,10 +184,14 @@ def quantise(vector: np.ndarray, weight: int, *, clip_norm: float, weight_cap: i
     """``vector`` (float) clipped to ``clip_norm``, times ``weight / weight_cap`` and ``scale``, rounded into the
     ring, with ``weight`` (at most ``weight_cap``) appended as the last element."""
     weight = max(0, min(int(weight), weight_cap))
-    clipped = clip(np.asarray(vector, dtype=np.float64), clip_norm)
-    fixed = np.rint(clipped * (weight / weight_cap * scale)).astype(np.int64)
-    out = np.empty(len(fixed) + 1, dtype=RING)
-    out[:-1] = fixed.astype(RING)  # two's complement: int64 -> uint32 keeps the value mod 2^32
+    x = np.array(vector, dtype=np.float64)  # a copy, worked on in place
+    norm = float(np.sqrt(np.dot(x, x)))
+    factor = weight / weight_cap * scale * (clip_norm / norm if norm > clip_norm else 1.0)
+    np.multiply(x, factor, out=x)
+    np.rint(x, out=x)
+    out = np.empty(len(x) + 1, dtype=RING)
+    # |x| <= clip_norm * scale + 1/2 < 2^31 (choose_scale): int32 holds it; its two's complement is its ring element
+    out[:-1] = x.astype(np.int32).view(RING)
     out[-1] = weight
     return out
 

@@ -162,6 +162,8 @@ class SecureAggregation:
                                                   f"threshold of {current.threshold}", "keys"))
         if current.expected() and now < self.deadline:
             return None
+        log.info("round %d: secure aggregation step %r closed (%d silo(s) still owed)", current.number, current.step,
+                 len(current.expected()))
         try:
             if current.step == "keys":
                 self.conn.publish(self.topics.secagg, current.close_keys())
