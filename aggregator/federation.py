@@ -572,7 +572,7 @@ class Federation:
 
     def _close_secure_round(self, outcome: Outcome | None, now: float) -> None:
         """A secure round ended: aggregate the unmasked mean as FedAvg would, or record why it could not be
-        unmasked and open the next round on the same model (aggregator/secure/)."""
+        unmasked and go on to the next round on the same model (aggregator/secure/)."""
         if outcome is None:
             return
         current = self.round
@@ -588,10 +588,7 @@ class Federation:
         self.record.failed(outcome.metrics)
         self.next_round = current.number + 1
         self.finishing = current.number >= self.spec.rounds
-        self.policy.closed(last=self.finishing)
-        if not self.finishing:
-            self._announce(self.next_round)
-            self._open_round(now)
+        self.policy.closed(last=self.finishing)  # the next round opens at the next tick, once enough silos are online
 
     def _aggregate(self, current: OpenRound, now: float) -> None:
         state = self.strategy.result()
