@@ -191,15 +191,17 @@ class SecureSilo:
         return self._masked(state)
 
     # step 3
-    def trained(self, round_number: int, run_id: str, delta: np.ndarray, num_samples: int) -> np.ndarray | None:
-        """The round's update (its float delta): the masked vector if the inbox came, else None (later)."""
+    def trained(self, round_number: int, run_id: str, delta: np.ndarray, num_samples: int, *,
+                consume: bool = False) -> np.ndarray | None:
+        """The round's update (its float delta): the masked vector if the inbox came, else None (later).
+        With ``consume`` the caller gives ``delta`` (float64) up: it is quantised in place."""
         state = self._round(round_number, run_id)
         setup = state.setup
         if len(delta) + 1 != setup.length:
             raise ProtocolError(f"secure aggregation: the update has {len(delta)} elements, the round "
                                 f"{setup.length - 1}")
         state.vector = mk.quantise(delta, num_samples, clip_norm=setup.clip_norm, weight_cap=setup.weight_cap,
-                                   scale=setup.scale)
+                                   scale=setup.scale, consume=consume)
         return self._masked(state)
 
     def _masked(self, state: _Round) -> np.ndarray | None:
@@ -211,7 +213,7 @@ class SecureSilo:
                 seed = mk.agree(state.mask_sk, unb64(state.peers[other].mask_pk), "mask")
                 pairwise.append((seed, mk.pair_sign(self.silo, other)))
         state.uploaded = True
-        masked = mk.add_masks(state.vector, state.seed, pairwise)
+        masked = mk.add_masks(state.vector, state.seed, pairwise, consume=True)
         state.vector = None  # nothing of the update is kept once masked
         return masked
 
@@ -308,7 +310,7 @@ class SecureUploads:
             return
         delta = pending.pop("delta")
         self._upload(state, round_number,
-                     self.protocol.trained(round_number, state.spec.run_id, delta, pending["num_samples"]))
+                     self.protocol.trained(round_number, state.spec.run_id, delta, pending["num_samples"], consume=True))
 
     def _upload(self, state: Any, round_number: int, masked: np.ndarray | None) -> None:
         if masked is None:
@@ -317,7 +319,7 @@ class SecureUploads:
         from ..schemas.codec import sha256_hex
 
         fields = self.pending.pop(round_number)["fields"]
-        payload = masked.astype("<u4", copy=False).tobytes()
+        payload = memoryview(masked.astype("<u4", copy=False)).cast("B")  # no copy of a model-sized buffer
         # The sample count is hidden under the masks (the vector's last element): the header says 1.
         header = Update(job=self.client.cfg.job, run_id=state.spec.run_id, silo=self.client.cfg.silo,
                         round=round_number, num_samples=1,

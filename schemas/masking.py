@@ -180,18 +180,20 @@ def clip(vector: np.ndarray, clip_norm: float) -> np.ndarray:
     return vector * (clip_norm / norm) if norm > clip_norm else vector
 
 
-def quantise(vector: np.ndarray, weight: int, *, clip_norm: float, weight_cap: int, scale: float) -> np.ndarray:
+def quantise(vector: np.ndarray, weight: int, *, clip_norm: float, weight_cap: int, scale: float,
+             consume: bool = False) -> np.ndarray:
     """``vector`` (float) clipped to ``clip_norm``, times ``weight / weight_cap`` and ``scale``, rounded into the
-    ring, with ``weight`` (at most ``weight_cap``) appended as the last element."""
+    ring, with ``weight`` (at most ``weight_cap``) appended as the last element. With ``consume`` a float64
+    ``vector`` is worked on in place (the caller gives it up)."""
     weight = max(0, min(int(weight), weight_cap))
-    x = np.array(vector, dtype=np.float64)  # a copy, worked on in place
+    x = np.asarray(vector, dtype=np.float64) if consume else np.array(vector, dtype=np.float64)
     norm = float(np.sqrt(np.dot(x, x)))
     factor = weight / weight_cap * scale * (clip_norm / norm if norm > clip_norm else 1.0)
     np.multiply(x, factor, out=x)
     np.rint(x, out=x)
     out = np.empty(len(x) + 1, dtype=RING)
     # |x| <= clip_norm * scale + 1/2 < 2^31 (choose_scale): int32 holds it; its two's complement is its ring element
-    out[:-1] = x.astype(np.int32).view(RING)
+    np.copyto(out[:-1].view(np.int32), x, casting="unsafe")
     out[-1] = weight
     return out
 
@@ -205,9 +207,11 @@ def dequantise(total: np.ndarray, *, scale: float, weight_cap: int) -> tuple[np.
     return signed * (weight_cap / (scale * weight)), weight
 
 
-def add_masks(vector: np.ndarray, self_seed: bytes, pairwise: Iterable[tuple[bytes, int]]) -> np.ndarray:
-    """``vector`` + PRG(self_seed) + sum of sign * PRG(seed) over ``pairwise`` (seed, +1 or -1), in the ring."""
-    out = vector.copy()
+def add_masks(vector: np.ndarray, self_seed: bytes, pairwise: Iterable[tuple[bytes, int]], *,
+              consume: bool = False) -> np.ndarray:
+    """``vector`` + PRG(self_seed) + sum of sign * PRG(seed) over ``pairwise`` (seed, +1 or -1), in the ring
+    (in place with ``consume``)."""
+    out = vector if consume else vector.copy()
     add_prg(out, self_seed, 1)
     for seed, sign in pairwise:
         add_prg(out, seed, sign)

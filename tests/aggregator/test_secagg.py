@@ -208,7 +208,7 @@ def test_a_hostile_silo_is_rejected_and_reveals_nothing_of_another(mosquitto, tm
             first = sorted(header.shares)[0]
             header = header.model_copy(update={"shares": dict(header.shares, **{first: header.shares[first][:40]})})
         elif isinstance(header, Update) and header.round == 3:  # a masked vector one element too long
-            payload = args[0] + b"\0\0\0\0"
+            payload = bytes(args[0]) + b"\0\0\0\0"
             from fedmq.schemas import PayloadInfo
             from fedmq.schemas.codec import sha256_hex
             from fedmq.schemas.signing import sign
@@ -280,3 +280,59 @@ def test_combinations_that_cannot_work_are_refused_at_start(tmp_path: Path, chan
             Federation(AggregatorConfig(**options), store)
     finally:
         store.close()
+
+
+def test_silo_processes_killed_between_steps_leave_the_survivors_sum(mosquitto, tmp_path: Path, job_threads) -> None:
+    """Real `fedmq client` processes: s1 is SIGKILLed the moment the aggregator has its shares (so before it
+    can upload), s3 the moment its masked vector is in (so before it can reveal). The round completes with
+    the sum of the four that uploaded, and their summed counts."""
+    import os
+    import signal
+
+    from ..conftest import start_fedmq, stop_processes
+
+    name, n = "secure-killed", 5
+    data = synth_classification(tmp_path / "D", silos=n, train_per_silo=16, test_per_silo=8)
+    keys_dir = tmp_path / "keys"
+    private = {f"s{i}": write_key(keys_dir, f"s{i}")[1] for i in range(n)}
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    config = AggregatorConfig(broker=mosquitto.url, job=name, db=store.url, rounds=1, min_clients=n,
+                              out=tmp_path / "out", round_timeout=8, sign=True, keys_dir=keys_dir, secure_agg=True)
+    federation = Federation(config, store)
+    procs = {f"s{i}": start_fedmq("client", "--broker", str(mosquitto.url), "--silo", f"s{i}", "--data", str(data[i]),
+                                  "--job", name, "--work-dir", str(tmp_path / f"w{i}"), "--signing-key",
+                                  str(private[f"s{i}"]), log=tmp_path / f"s{i}.log") for i in range(n)}
+    killed: list[str] = []
+
+    def kill(silo: str) -> None:
+        os.kill(procs[silo].pid, signal.SIGKILL)
+        procs[silo].wait(timeout=30)
+        killed.append(silo)
+
+    on_message, masked = federation.secure.on_message, federation.secure.masked
+
+    def watched_message(header) -> None:
+        on_message(header)
+        if isinstance(header, SecAggShares) and header.silo == "s1":
+            kill("s1")  # its shares are in; the inbox (and so its upload) comes only once every silo's are
+
+    def watched_masked(silo, codec, payload) -> None:
+        masked(silo, codec, payload)
+        if silo == "s3":
+            kill("s3")  # uploaded; the unmask request comes only once every upload is in or overdue
+
+    federation.secure.on_message, federation.secure.masked = watched_message, watched_masked
+    try:
+        assert job_threads(federation).finish(240)["aggregator"] == 0
+    finally:
+        stop_processes(procs.values())
+    assert killed == ["s1", "s3"]
+    rows = store.history(name)
+    assert [r["status"] for r in rows] == ["completed"]
+    metrics = rows[0]["metrics"]
+    assert metrics["secure_unmasked"] == 1
+    assert metrics["secure_dropped_upload"] == 1 and metrics["secure_dropped_reveal"] == 1
+    assert rows[0]["num_samples"] == 4 * 16  # s0, s2, s3 and s4's counts, unmasked with their sum
+    model = load_file(str(tmp_path / "out" / name / "round-0001.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in model.values() if t.is_floating_point())
+    store.close()

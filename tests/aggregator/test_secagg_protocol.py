@@ -254,3 +254,14 @@ def test_a_silo_never_reveals_both_secrets_of_one_silo() -> None:
     assert party.silos["s2"].on_unmask(unmask) is not None
     again = unmask.model_copy(update={"survivors": ["s1", "s2", "s3"], "dropped": ["s0"]})
     assert party.silos["s2"].on_unmask(again) is None
+
+
+def test_the_secagg_headers_share_the_protocol_version_and_parse_with_the_rest() -> None:
+    from fedmq.schemas.messages import PROTOCOL_VERSION
+    from fedmq.schemas.secagg import SECAGG_MESSAGES, SecAggAbort
+
+    for message in SECAGG_MESSAGES:
+        assert message.model_fields["protocol"].default == PROTOCOL_VERSION
+        assert set(message.model_fields) >= {"protocol", "job", "run_id", "round", "type"}
+    abort = SecAggAbort(job=JOB, run_id=RUN, round=3, reason="too few")
+    assert roundtrip(abort) == abort
