@@ -86,7 +86,8 @@ class _Round:
     held: dict[str, tuple[Share, Share]] = field(default_factory=dict)  # dealer -> (seed share, key share) for me
     unreadable: list[str] = field(default_factory=list)
     members: list[str] | None = None  # U2, once the inbox came
-    vector: np.ndarray | None = None  # my quantised update
+    vector: np.ndarray | None = None  # my quantised update (masked once ``masked_with`` is set)
+    masked_with: set[str] | None = None  # the silos whose pairwise masks ``vector`` holds (U1, before U2 is known)
     uploaded: bool = False
     revealed: bool = False
 
@@ -204,17 +205,28 @@ class SecureSilo:
                                    scale=setup.scale, consume=consume)
         return self._masked(state)
 
+    def premask(self, round_number: int, run_id: str) -> None:
+        """Add the masks for every silo of the key list now (the update and the keys are known), while the
+        aggregator collects the others' shares; the inbox then only takes away those of silos it lacks."""
+        state = self._round(round_number, run_id)
+        if state.vector is None or not state.peers or state.masked_with is not None:
+            return
+        pairwise = [(self._pair_seed(state, other), mk.pair_sign(self.silo, other))
+                    for other in state.peers if other != self.silo]
+        state.vector = mk.add_masks(state.vector, state.seed, pairwise, consume=True)
+        state.masked_with = set(state.peers) - {self.silo}
+
+    def _pair_seed(self, state: _Round, other: str) -> bytes:
+        return mk.agree(state.mask_sk, unb64(state.peers[other].mask_pk), "mask")
+
     def _masked(self, state: _Round) -> np.ndarray | None:
         if state.vector is None or state.members is None or state.uploaded:
             return None
-        pairwise = []
-        for other in state.members:
-            if other != self.silo:
-                seed = mk.agree(state.mask_sk, unb64(state.peers[other].mask_pk), "mask")
-                pairwise.append((seed, mk.pair_sign(self.silo, other)))
+        self.premask(state.setup.round, state.run_id)
+        for gone in sorted(state.masked_with - set(state.members)):  # in the key list, but its shares never came
+            mk.add_prg(state.vector, self._pair_seed(state, gone), -mk.pair_sign(self.silo, gone))
         state.uploaded = True
-        masked = mk.add_masks(state.vector, state.seed, pairwise, consume=True)
-        state.vector = None  # nothing of the update is kept once masked
+        masked, state.vector = state.vector, None  # nothing of the update is kept unmasked
         return masked
 
     # step 4
@@ -275,12 +287,13 @@ class SecureUploads:
         if isinstance(header, SecAggSetup):
             answer = p.on_setup(header)
             if answer is not None:
+                self._feed(state, header.round)  # quantised before the keys go: the next steps wait for no silo's
+                conn.publish(up, answer)
                 log.info("round %d: secure aggregation with %d silos (threshold %d); round keys sent", header.round,
                          len(header.silos), header.threshold)
-                conn.publish(up, answer)
-                self._feed(state, header.round)
         elif isinstance(header, SecAggKeyList):
             conn.publish(up, p.on_key_list(header))
+            p.premask(header.round, header.run_id)  # while the aggregator collects the other silos' shares
         elif isinstance(header, SecAggInbox):
             self._upload(state, header.round, p.on_inbox(header))
         elif isinstance(header, SecAggUnmask):

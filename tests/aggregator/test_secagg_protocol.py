@@ -265,3 +265,27 @@ def test_the_secagg_headers_share_the_protocol_version_and_parse_with_the_rest()
         assert set(message.model_fields) >= {"protocol", "job", "run_id", "round", "type"}
     abort = SecAggAbort(job=JOB, run_id=RUN, round=3, reason="too few")
     assert roundtrip(abort) == abort
+
+
+def test_masks_added_early_for_the_key_list_are_taken_away_for_a_silo_whose_shares_never_came() -> None:
+    """The silo masks its update as soon as it has the key list (``premask``, while the aggregator collects
+    shares); a silo of the key list missing from the inbox has its pairwise mask taken away again."""
+    party = Party(5, 200, seed=7)
+    server = party.server(3)
+    setup = server.setup()
+    for s in party.names:
+        server.on_keys(party.silos[s].on_setup(setup))
+        assert party.silos[s].trained(1, RUN, party.deltas[s], party.weights[s]) is None
+    key_list = server.close_keys()
+    for s in party.names:
+        shares = party.silos[s].on_key_list(key_list)
+        party.silos[s].premask(1, RUN)
+        if s != "s2":
+            server.on_shares(shares)
+    inboxes = server.close_shares()
+    for s in server.u2:
+        server.on_masked(s, party.silos[s].on_inbox(inboxes[s]).astype("<u4").tobytes())
+    unmask = server.close_uploads()
+    for s in server.u3:
+        server.on_reveal(party.silos[s].on_unmask(unmask))
+    assert np.array_equal(server.unmask(), expected_sum(party, server, ["s0", "s1", "s3", "s4"]))
