@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ class SecureSilo:
             raise ProtocolError(f"secure aggregation: a threshold of {setup.threshold} with {len(setup.silos)} silos")
         cipher, mask = mk.new_private_key(), mk.new_private_key()
         state = _Round(setup=setup, run_id=setup.run_id, cipher_sk=mk.private_bytes(cipher),
-                       mask_sk=mk.private_bytes(mask), seed=mk.secrets.token_bytes(32))
+                       mask_sk=mk.private_bytes(mask), seed=secrets.token_bytes(32))
         self.rounds[setup.round] = state
         for old in sorted(self.rounds)[:-KEPT_ROUNDS]:
             del self.rounds[old]

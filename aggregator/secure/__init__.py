@@ -17,8 +17,9 @@ calls (five one-line hooks, each marked ``secure aggregation`` there):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -21,7 +21,7 @@ from fedmq.edge_client import secure as silo_side
 from fedmq.edge_client.secure import SecureSilo
 from fedmq.errors import ProtocolError
 from fedmq.schemas import masking as mk
-from fedmq.schemas.messages import parse_header, dump_header
+from fedmq.schemas.messages import dump_header, parse_header
 
 JOB, RUN = "job", "run1"
 
