@@ -133,9 +133,14 @@ class SecureRound:
             public.verify(base64.b64decode(keys.signature, validate=True), keys_signed_bytes(keys))
         except (InvalidSignature, ValueError):
             self._reject(keys.silo, f"secure aggregation: the round keys of {keys.silo} are not signed by its key")
+        earlier = self.keys.get(keys.silo)
+        if earlier is not None:
+            if earlier != keys:  # a repeat (a re-send after a reconnect) is a no-op; other keys are not
+                self._reject(keys.silo, f"secure aggregation: {keys.silo} sent a second, different set of round keys")
+            return
         if any(k.mask_pk == keys.mask_pk or k.cipher_pk == keys.cipher_pk for k in self.keys.values()):
             self._reject(keys.silo, "secure aggregation: round keys that another silo sent")
-        self.keys.setdefault(keys.silo, keys)
+        self.keys[keys.silo] = keys
 
     def close_keys(self) -> SecAggKeyList:
         self.u1 = self._close(list(self.keys), self.silos, "keys")

@@ -289,3 +289,18 @@ def test_masks_added_early_for_the_key_list_are_taken_away_for_a_silo_whose_shar
     for s in server.u3:
         server.on_reveal(party.silos[s].on_unmask(unmask))
     assert np.array_equal(server.unmask(), expected_sum(party, server, ["s0", "s1", "s3", "s4"]))
+
+
+def test_a_repeated_key_message_is_a_no_op_and_other_keys_are_rejected() -> None:
+    party = Party(3, 20)
+    server = party.server(2)
+    setup = server.setup()
+    keys = party.silos["s0"].on_setup(setup)
+    server.on_keys(keys)
+    server.on_keys(keys)  # a re-send after a reconnect
+    assert "s0" not in server.rejected
+    with pytest.raises(Rejected, match="second, different"):
+        server.on_keys(party.silos["s0"].on_setup(setup))
+    copied = party.silos["s1"].on_setup(setup).model_copy(update={"mask_pk": keys.mask_pk})
+    with pytest.raises(Rejected):  # another silo's key (its signature fails first, or the copy is caught)
+        server.on_keys(copied)
