@@ -336,3 +336,22 @@ def test_silo_processes_killed_between_steps_leave_the_survivors_sum(mosquitto, 
     model = load_file(str(tmp_path / "out" / name / "round-0001.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in model.values() if t.is_floating_point())
     store.close()
+
+
+def test_a_server_optimiser_applies_to_the_unmasked_mean(mosquitto, tmp_path: Path, job_threads) -> None:
+    """FedAdam with --secure-agg: the model is FedAdam's step from the (unmasked) FedAvg mean of the updates."""
+    from fedmq.aggregator.strategies import make_strategy
+
+    job = Job(mosquitto, tmp_path, "secure-adam", n=3, rounds=1, strategy=StrategyOptions(name="fedadam"))
+    assert job.run(job_threads)["aggregator"] == 0
+    mean, _ = job.fedavg(1, ["s0", "s1", "s2"])
+    base = job.trained[1]["s0"][1]
+    adam = make_strategy(StrategyOptions(name="fedadam"))
+    adam.begin(base)
+    adam.add({k: (mean[k].to(v.dtype) if k in mean else v.clone()) for k, v in base.items()}, 48.0, base=base)
+    expected = adam.result()
+    got = job.model(1)
+    for name, value in expected.items():
+        if value.is_floating_point():
+            assert torch.allclose(got[name], value, atol=1e-6), name
+    assert not all(torch.equal(got[k], base[k]) for k in got if base[k].is_floating_point())
