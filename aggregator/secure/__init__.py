@@ -1,7 +1,8 @@
 """Secure aggregation at the aggregator (``--secure-agg``): it learns only the sum of the silos' updates.
 
 ``protocol.SecureRound`` is the protocol, pure; ``SecureAggregation`` here is what ``federation.py``
-calls (five one-line hooks, each marked ``secure aggregation`` there):
+calls (a few short hooks, each with a comment that says ``secure aggregation``, and its
+``_close_secure_round``):
 
 * ``check_secure(config)``: combinations that cannot work are refused at start, in one line;
 * ``open``: a round opens: the setup goes to the round's silos;
