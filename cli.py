@@ -282,6 +282,14 @@ def _strategy_options(f: Any) -> Any:
 @click.option("--sign", is_flag=True, help="Require every update and result to be signed by its silo's registered key.")
 @click.option("--keys", type=click.Path(path_type=Path, file_okay=False),
               help="With --sign: the folder of the silos' public keys, <silo>.pub (AUTH_DIR/keys).")
+@click.option("--secure-agg", is_flag=True,
+              help="Secure aggregation (Bonawitz et al. 2017): the silos mask their updates so that the aggregator "
+                   "learns only their sum, even when some drop out mid-round. Needs --sign and --keys; sync mode, "
+                   "fedavg/fedprox/fedadam/fedyogi/fedadagrad, a lossless codec. Updates are clipped to --clip-norm "
+                   "(default 10) by the silos.")
+@click.option("--secure-threshold", default=None, type=click.IntRange(2), metavar="T",
+              help="With --secure-agg: silos needed to unmask a round (default: a majority of the round's silos); "
+                   "T or more colluding silos with the aggregator could unmask one silo.")
 @_ca_file_option
 @_strategy_options
 def aggregator(task_option: tuple[str, ...], strategy: str, keys: Path | None, **options: Any) -> None:

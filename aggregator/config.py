@@ -51,4 +51,6 @@ class AggregatorConfig:
     stall_timeout: float = 120.0  # a partial update that gets no chunk for this long is dropped and rejected
     sign: bool = False  # require updates and results signed by the silos' registered keys
     keys_dir: Path | None = None  # folder of <silo>.pub files
+    secure_agg: bool = False  # secure aggregation: the aggregator learns only the sum of the updates (aggregator/secure/)
+    secure_threshold: int | None = None  # silos needed to unmask a secure round; None: a majority of the round's
     task_options: dict[str, str | int | float | bool] = field(default_factory=dict)  # for the silos' task, unread here

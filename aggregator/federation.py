@@ -46,6 +46,7 @@ from .policy import OpenRound, RoundPolicy
 from .recording import JobRecord
 from .resources import peak_memory_bytes
 from .rounds import sample_silos
+from .secure import SECAGG_MESSAGES, Outcome, check_secure, secure_aggregation
 from .silos import Change, SiloRegistry
 from .strategies import Strategy, make_strategy
 from .transport import AggregatorLink
@@ -87,6 +88,8 @@ class Federation:
             raise ConfigError("--sign needs the silos' public keys", hint="pass --keys AUTH_DIR/keys (made by `fedmq keys`)")
         self.keys = _load_public_keys(config.keys_dir) if config.sign else None  # silo -> Ed25519 public key
         self.registry = SiloRegistry(config.task, self.run_id, self.keys, config.keys_dir)
+        # secure aggregation (--secure-agg): None without it; aggregator/secure/ has the protocol
+        self.secure = secure_aggregation(config, self.conn, self.topics, self.keys, self.run_id, self._reject)
         self.spec: JobSpec | None = None
         self.global_model: GlobalModel | None = None
         self.next_round = 1
@@ -244,6 +247,8 @@ class Federation:
                 self._on_update_message(header, incoming.payload)
             elif isinstance(header, TestResult):
                 self._on_result(header)
+            elif self.secure is not None and isinstance(header, SECAGG_MESSAGES):  # secure aggregation's steps
+                self.secure.on_message(header)
         except AlreadyCounted as exc:
             log.info("ignored a repeat from %s: %s", silo, exc.message)  # counted once, and nothing to record
         except UpdateRejected as exc:
@@ -310,7 +315,7 @@ class Federation:
                        min_clients=c.min_clients, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                        momentum=c.momentum, seed=c.seed, codec=c.codec, chunk_size=c.chunk_size,
                        max_update_bytes=c.max_update_bytes, num_classes=c.num_classes, mode=c.mode, signed=c.sign,
-                       mu=c.mu, upload_grants=True)
+                       mu=c.mu, upload_grants=True, secure_agg=c.secure_agg)
 
     def _mark_interrupted(self, reason: str | None = None) -> None:
         """Stopped (a signal, or ``reason``): say so in the store first, then on the broker, where the
@@ -534,6 +539,8 @@ class Federation:
         self.policy.open(number, self.global_model, asked=asked & self._eligible(), sampled=sampled,
                          min_clients=self.spec.min_clients, now=now)
         self.strategy.begin(self.global_model.state)
+        if self.secure is not None:  # secure aggregation: its setup goes to the round's silos
+            self.secure.open(number, set(self.round.waiting), self.global_model.state, self.registry.declared, now)
 
     def _announce(self, number: int | None) -> None:
         """Broadcast the current global model; with ``number``, ask the silos to train on it for that round
@@ -565,9 +572,12 @@ class Federation:
         check_claimed_samples(update.silo, update.num_samples, self.registry.declared(update.silo))
         admission = self.policy.admit(update)
         base = admission.base
-        state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=base.base)
-        check_tensors(state, base.state)
-        self.strategy.add(state, admission.weight, base=base.state, silo=update.silo, consume=True)
+        if self.secure is not None:  # secure aggregation: a masked vector, unmasked only in the round's sum
+            self.secure.masked(update.silo, update.payload.codec, payload)
+        else:
+            state = decode_state(payload, update.payload.codec, self.max_update_bytes, base=base.base)
+            check_tensors(state, base.state)
+            self.strategy.add(state, admission.weight, base=base.state, silo=update.silo, consume=True)
         self.policy.count(update, admission)
         self.record.accepted(update, admission, len(payload))
 
@@ -578,6 +588,9 @@ class Federation:
         self.record.rejected(silo, reason, update, size, in_round=self.round is not None)
 
     def _maybe_close_round(self, now: float) -> None:
+        if self.secure is not None:  # secure aggregation: the round closes when its sum is unmasked (or cannot be)
+            self._close_secure_round(self.secure.tick(now), now)
+            return
         if self.policy.ready(now):
             self._aggregate(self.round, now)
             return
@@ -592,6 +605,26 @@ class Federation:
         # but whose answer was lost, sends the same update again; a repeat of a counted one is a no-op.
         for silo in sorted(overrun.reask & self._eligible()):
             self._resync(silo)
+
+    def _close_secure_round(self, outcome: Outcome | None, now: float) -> None:
+        """A secure round ended: aggregate the unmasked mean as FedAvg would, or record why it could not be
+        unmasked and go on to the next round on the same model (aggregator/secure/)."""
+        if outcome is None:
+            return
+        current = self.round
+        for silo, reason in outcome.dropouts:
+            self._reject(silo, reason)
+        if outcome.state is not None:
+            self.strategy.add(outcome.state, float(outcome.weight), base=self.global_model.state, silo="secure sum",
+                              consume=True)
+            current.num_samples = outcome.weight
+            self._aggregate(current, now)
+            self.evaluations[current.number].extra.update(outcome.metrics)
+            return
+        self.record.failed(outcome.metrics)
+        self.next_round = current.number + 1
+        self.finishing = current.number >= self.spec.rounds
+        self.policy.closed(last=self.finishing)  # the next round opens at the next tick, once enough silos are online
 
     def _aggregate(self, current: OpenRound, now: float) -> None:
         state = self.strategy.result()
@@ -668,6 +701,7 @@ def check_strategy(config: AggregatorConfig) -> None:
                           "or lower --buffer-size")
     if config.mu and options.name != "fedprox":
         raise ConfigError("--mu is FedProx's proximal weight", hint="add --strategy fedprox, or drop --mu")
+    check_secure(config)  # secure aggregation: what cannot work with it is refused here, before anything starts
 
 
 def _load_public_keys(folder: Path) -> dict[str, Any]:

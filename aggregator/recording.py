@@ -47,6 +47,7 @@ class JobRecord:
                               hint=f"pass --rounds above {done} to train further, or use another --job name")
         self.job_id = job.id
         spec = stored.model_copy(update={"run_id": new_spec.run_id, "rounds": config.rounds, "signed": config.sign,
+                                         "secure_agg": config.secure_agg,
                                          "mu": config.mu, "codec": config.codec,
                                          "task_options": config.task_options or stored.task_options,
                                          "status": "running" if stored.batch_size is not None else "waiting",
@@ -110,9 +111,10 @@ class JobRecord:
     def evaluation(self, round_id: int, silo: str, num_samples: int, metrics: dict[str, float]) -> None:
         self.store.record_evaluation(round_id, silo, num_samples, metrics)
 
-    def failed(self) -> None:
-        """The open round could not complete (``RoundFailed``); the job's spec holds the reason."""
-        self.store.fail_round(self.round_id)
+    def failed(self, metrics: dict[str, float] | None = None) -> None:
+        """The open round could not complete (``RoundFailed``: the job's spec holds the reason; a secure round
+        that could not be unmasked: its rejections do, and ``metrics`` say what dropped where)."""
+        self.store.fail_round(self.round_id, metrics)
 
     def completed(self, round_id: int, metrics: dict[str, float]) -> None:
         self.store.complete_round(round_id, metrics)

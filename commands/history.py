@@ -77,20 +77,35 @@ def _print_jobs(jobs: list[dict[str, Any]], as_json: bool, db: str) -> None:
 
 def table_metrics(rounds: list[dict[str, Any]], metric: str | None) -> list[str]:
     """The metrics the table shows: the job's headline one, the usual ones, then the task's others, alphabetically."""
-    present = {k for r in rounds for k in r["metrics"]} - set(COUNTS)
+    present = {k for r in rounds for k in r["metrics"] if not k.startswith(SECURE)} - set(COUNTS)
     first = [metric] if metric in present else []
     usual = [k for k in TABLE_METRICS if k in present and k not in first]
     others = sorted(present - set(first) - set(usual))
     return (first + usual + others)[:TABLE_MAX_METRICS]
 
 
+SECURE = "secure_"  # secure aggregation's round metrics (aggregator/secure/): one column, not one each
+SECURE_STEPS = ("keys", "shares", "upload", "reveal")
+
+
+def secure_cell(metrics: dict[str, Any]) -> str:
+    """A secure round: whether its sum was unmasked, and how many silos dropped at each step."""
+    if not metrics.get("secure_agg"):
+        return "-"
+    dropped = "/".join(str(int(metrics.get(f"secure_dropped_{step}", 0))) for step in SECURE_STEPS)
+    return f"{'unmasked' if metrics.get('secure_unmasked') else 'NOT unmasked'}, dropped {dropped}"
+
+
 def render_rounds(job: str, rounds: list[dict[str, Any]], metric: str | None = None) -> str:
     keys = table_metrics(rounds, metric)
-    rows = [["round", "status", "clients", "samples", *keys, "rejected", "finished"]]
+    secure = any(r["metrics"].get("secure_agg") for r in rounds)
+    extra = ["secure (dropped at keys/shares/upload/reveal)"] if secure else []
+    rows = [["round", "status", "clients", "samples", *keys, *extra, "rejected", "finished"]]
     for r in rounds:
         metrics = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k in keys]
+        cells = [secure_cell(r["metrics"])] if secure else []
         rows.append([str(r["round"]), r["status"], ",".join(r["clients"]) or "-", str(r["num_samples"]), *metrics,
-                     str(r["rejected"]), (r["finished_at"] or "-")[:19]])
+                     *cells, str(r["rejected"]), (r["finished_at"] or "-")[:19]])
     return f"job {job}: {len(rounds)} round(s)\n" + _table(rows)
 
 

@@ -35,6 +35,7 @@ from ..schemas.codec import AUTO, Base, StateDict, decode_state, encode_state, l
 from ..schemas.codecs.auto import AutoCodec
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.messages import InitRequest, TaskFailure, UploadGrant, UploadRequest
+from ..schemas.secagg import SECAGG_MESSAGES
 from ..schemas.signing import Signed, sign
 from ..stopping import EXIT_STOPPED, StopFlag, Stopped
 from .config import ClientConfig
@@ -97,6 +98,7 @@ class SiloClient:
         self.joined: set[str] = set()  # run ids this silo took part in
         self.key = _load_signing_key(config.signing_key) if config.signing_key else None
         self.auto = AutoCodec(f"silo {config.silo}")  # --codec auto: compressed or raw, by this silo's link
+        self.secure = None  # secure aggregation (edge_client/secure.py), made for the first job that asks for it
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -187,6 +189,8 @@ class SiloClient:
                 self._on_test_request(state, header)
             elif isinstance(header, UploadGrant) and header.silo == self.cfg.silo:
                 self._on_grant(state)
+            elif isinstance(header, SECAGG_MESSAGES) and state.spec.secure_agg:  # secure aggregation's steps
+                self._secure().handle(state, header)
         except ProtocolError as exc:
             log.warning("refused a %r message: %s", header.type, exc.message)
         return None
@@ -359,6 +363,10 @@ class SiloClient:
 
     def _send_update(self, state: RunState, round_number: int, base_digest: str | None, weights: StateDict,
                      num_samples: int, loss: float | None, seconds: float | None) -> None:
+        if state.spec.secure_agg and round_number > 0:  # secure aggregation: masked, sent once its peers are known
+            self._secure().trained(state, round_number, base_digest, weights, num_samples,
+                                   {"train_loss": loss, "train_seconds": seconds})
+            return
         # A lossy job codec encodes the change from the model trained on; the initial weights have none and go lossless.
         held = state.models.get(base_digest or "")
         base = Base(held[1], base_digest) if held else None
@@ -398,6 +406,13 @@ class SiloClient:
             return  # a second grant for an update already sent (it had asked again)
         state.upload_asked = None
         self._publish_update(*state.last_update, state.spec.chunk_size)
+
+    def _secure(self):  # -> SecureUploads
+        if self.secure is None:
+            from .secure import SecureUploads
+
+            self.secure = SecureUploads(self)
+        return self.secure
 
     def _signed(self, header: Signed) -> Signed:
         return sign(header, self.key) if self.key is not None else header

@@ -28,6 +28,7 @@ from ..errors import ProtocolError
 from .codecs.names import JOB_CODECS
 from .limits import MAX_SILOS_LISTED
 from .pieces import DIGEST_ALGORITHMS, Buffer, Pieces, digest_of
+from .secagg import SecAggMessage
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 512 * 1024  # room for a job's label list (up to 2,000 names of 128 characters)
@@ -164,6 +165,7 @@ class JobSpec(_RunHeader):
     chunk_size: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)]
     max_update_bytes: Annotated[int, Field(ge=1024)]
     signed: bool = False  # silos must sign updates and results (schemas/signing.py)
+    secure_agg: bool = False  # silos send masked updates, unmasked only as a sum (schemas/secagg.py)
     mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0  # FedProx: silos add mu/2 ||w - w_global||^2
     reason: Annotated[str, Field(max_length=1000)] | None = None  # why it is interrupted or failed
     upload_grants: bool = False  # silos ask (UploadRequest) and wait for an UploadGrant before each update
@@ -371,7 +373,8 @@ class RoundStatus(_RunHeader):
 
 Message = Annotated[
     JobSpec | InitRequest | ModelSync | TestRequest | Update | TestResult | Presence | RoundStatus | TaskFailure
-    | UploadRequest | UploadGrant,
+    | UploadRequest | UploadGrant
+    | SecAggMessage,  # secure aggregation's steps (schemas/secagg.py)
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

@@ -76,6 +76,28 @@ class Topics:
         """Where the job stands (phase, round, updates in), retained, for anyone watching: `fedmq status`."""
         return f"{self.prefix}/status"
 
+    # secure aggregation (--secure-agg, schemas/secagg.py)
+    @property
+    def secagg(self) -> str:
+        """Secure aggregation's steps, to every silo of the round: setup, key list, unmask request, abort."""
+        return f"{self.prefix}/secagg"
+
+    def secagg_inbox(self, silo: str) -> str:
+        """The encrypted shares the other silos dealt to one silo, forwarded by the aggregator."""
+        return f"{self.prefix}/secagg-inbox/{check_name('silo', silo)}"
+
+    def secagg_from(self, silo: str) -> str:
+        """A silo's answers in secure aggregation: its round keys, its encrypted shares, its reveal."""
+        return f"{self.prefix}/secagg/{check_name('silo', silo)}"
+
+    @property
+    def all_secagg(self) -> str:
+        return f"{self.prefix}/secagg/+"
+
+    @property
+    def all_secagg_inboxes(self) -> str:
+        return f"{self.prefix}/secagg-inbox/+"
+
     # silos -> aggregator
     def grant(self, silo: str) -> str:
         """The aggregator's upload grants to one silo (upload flow control)."""
@@ -108,13 +130,13 @@ class Topics:
         return f"{self.prefix}/presence/+"
 
     def aggregator_subscriptions(self) -> list[str]:
-        return [self.all_updates, self.all_results, self.all_presence]
+        return [self.all_updates, self.all_results, self.all_presence, self.all_secagg]
 
     def silo_subscriptions(self, silo: str) -> list[str]:
         """What a silo reads: the job, its requests, the models, and its own presence (to undo a stale last
         will of an earlier connection that marked it offline)."""
         return [self.init, self.init_request, self.model, self.model_for(silo), self.test, self.presence(silo),
-                self.grant(silo)]
+                self.grant(silo), self.secagg, self.secagg_inbox(silo)]
 
     def observer_subscriptions(self) -> list[str]:
         """What `fedmq status` reads: the job spec, every silo's presence, the aggregator's status; all retained."""
@@ -127,15 +149,16 @@ class Topics:
 
     def silo_publishes(self, silo: str) -> list[str]:
         """Every topic a silo writes; each names the silo, so an ACL can confine it to its own."""
-        return [self.update(silo), self.result(silo), self.presence(silo)]
+        return [self.update(silo), self.result(silo), self.presence(silo), self.secagg_from(silo)]
 
     def aggregator_publishes(self) -> list[str]:
-        return [self.init, self.init_request, self.model, self.all_direct_models, self.test, self.status,
-                self.all_grants]
+        return [self.init, self.init_request, self.model, self.all_direct_models, self.test, self.status, self.secagg,
+                self.all_secagg_inboxes, self.all_grants]
 
     def silo_of(self, topic: str) -> str | None:
-        """The silo named by a silo-written topic (update, result, presence) of this job, else None."""
+        """The silo named by a silo-written topic (update, result, presence, secagg) of this job, else None."""
         parts = topic.split("/")
-        if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == self.prefix and parts[2] in ("update", "result", "presence"):
+        if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == self.prefix and parts[2] in ("update", "result", "presence",
+                                                                                        "secagg"):
             return parts[3] if _NAME.fullmatch(parts[3]) else None
         return None

@@ -248,10 +248,12 @@ class Store:
             row = s.get(Round, round_id)
             row.status, row.finished_at, row.metrics = "completed", utcnow(), metrics
 
-    def fail_round(self, round_id: int) -> None:
+    def fail_round(self, round_id: int, metrics: dict[str, float] | None = None) -> None:
         with self.session() as s, s.begin():
             row = s.get(Round, round_id)
             row.status, row.finished_at = "failed", utcnow()
+            if metrics:
+                row.metrics = metrics
 
     def last_completed_round(self, job_id: int) -> Round | None:
         with self.session() as s:

@@ -72,9 +72,9 @@ def test_fixed_topics() -> None:
 
 def test_subscriptions() -> None:
     t = Topics("job")
-    assert t.aggregator_subscriptions() == [t.all_updates, t.all_results, t.all_presence]
+    assert t.aggregator_subscriptions() == [t.all_updates, t.all_results, t.all_presence, t.all_secagg]
     assert t.silo_subscriptions("a") == [t.init, t.init_request, t.model, t.model_for("a"), t.test, t.presence("a"),
-                                         t.grant("a")]
+                                         t.grant("a"), t.secagg, t.secagg_inbox("a")]
     # Silos subscribe to exact topics only; the aggregator only to single-level wildcards.
     for sub in t.silo_subscriptions("a"):
         assert "+" not in sub and "#" not in sub
@@ -83,12 +83,14 @@ def test_subscriptions() -> None:
     # The aggregator's filters catch each silo's topics exactly once and nothing it publishes.
     aggregator_subs = t.aggregator_subscriptions()
     for silo in ("a", "b-2"):
-        for topic in (t.update(silo), t.result(silo), t.presence(silo)):
+        for topic in (t.update(silo), t.result(silo), t.presence(silo), t.secagg_from(silo)):
             assert sum(mqtt_match(s, topic) for s in aggregator_subs) == 1
     for topic in t.silo_subscriptions("a"):  # (but a silo's own presence, which it reads and writes)
         assert not any(mqtt_match(s, topic) for s in aggregator_subs) or topic == t.presence("a")
-    # Silos never receive each other's updates, results, presence or private model syncs.
-    for topic in (t.update("b"), t.result("b"), t.presence("b"), t.model_for("b"), t.grant("b")):
+    # Silos never receive each other's updates, results, presence, private model syncs or secure aggregation
+    # messages (their shares reach them only through the aggregator, encrypted to them).
+    for topic in (t.update("b"), t.result("b"), t.presence("b"), t.model_for("b"), t.grant("b"), t.secagg_from("b"),
+                  t.secagg_inbox("b")):
         assert not any(mqtt_match(s, topic) for s in t.silo_subscriptions("a"))
     with pytest.raises(ConfigError):
         t.silo_subscriptions("a/#")
@@ -99,6 +101,8 @@ def test_silo_of() -> None:
     assert t.silo_of(t.update("s1")) == "s1"
     assert t.silo_of(t.result("s1")) == "s1"
     assert t.silo_of(t.presence("s1")) == "s1"
+    assert t.silo_of(t.secagg_from("s1")) == "s1"
+    assert t.silo_of(t.secagg_inbox("s1")) is None and t.silo_of(t.secagg) is None  # aggregator-written
     for topic in (
         t.model_for("s1"),  # aggregator-written
         t.model,
