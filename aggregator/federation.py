@@ -695,13 +695,13 @@ def check_strategy(config: AggregatorConfig) -> None:
     if options.min_updates > config.min_clients:
         raise ConfigError(f"--krum-f {options.krum_f} needs at least {options.min_updates} updates a round",
                           hint=f"raise --min-clients to {options.min_updates} or lower --krum-f")
+    check_secure(config)  # secure aggregation: what cannot work with it is refused here, before anything starts
     if config.mode == "async" and config.buffer_size > config.min_clients:
         raise ConfigError(f"--buffer-size {config.buffer_size} needs at least {config.buffer_size} silos: in async mode each "
                           "silo sends one update per model version", hint=f"raise --min-clients to {config.buffer_size} "
                           "or lower --buffer-size")
     if config.mu and options.name != "fedprox":
         raise ConfigError("--mu is FedProx's proximal weight", hint="add --strategy fedprox, or drop --mu")
-    check_secure(config)  # secure aggregation: what cannot work with it is refused here, before anything starts
 
 
 def _load_public_keys(folder: Path) -> dict[str, Any]:

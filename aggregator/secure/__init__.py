@@ -27,7 +27,7 @@ import torch
 
 from ...errors import ConfigError, UpdateRejected
 from ...schemas import masking as mk
-from ...schemas.codecs.names import LOSSLESS_CODECS
+from ...schemas.codecs.names import AUTO, LOSSLESS_CODECS
 from ...schemas.secagg import SECAGG_CODEC, SECAGG_MESSAGES, SecAggAbort, SecAggKeys, SecAggReveal, SecAggShares
 from ..strategies.options import ROBUST_NAMES
 from .protocol import STEPS, Rejected, SecureRound, SecureRoundFailed, default_threshold
@@ -65,7 +65,7 @@ def check_secure(config: Any) -> None:
     if config.mode != "sync":
         raise ConfigError("--secure-agg needs --mode sync: its rounds are steps every silo of the round takes together",
                           hint="drop --mode async")
-    if config.codec not in LOSSLESS_CODECS:
+    if config.codec not in LOSSLESS_CODECS and config.codec != AUTO:
         raise ConfigError(f"--secure-agg cannot use the lossy codec {config.codec}: masked values are uniformly "
                           "random and do not compress", hint="drop --codec (masked updates are sent raw)")
     if not config.sign or config.keys_dir is None:
