@@ -42,11 +42,7 @@ def test_a_secure_job_over_tls_with_per_silo_logins_and_the_generated_acl(tmp_pa
             procs[silo] = fedmq.start("client", "--silo", silo, "--data", str(data / str(i)),
                                       "--signing-key", str(folder.keys_dir / f"{silo}.key"),
                                       "--work-dir", str(tmp_path / silo), log=tmp_path / f"{silo}.log", env=login(silo))
-        for name, proc in procs.items():
-            try:
-                assert proc.wait(timeout=300) == 0, f"{name}:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{name} did not finish:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}")
+        fedmq.wait_all(procs, tmp_path, timeout=300)  # fails as soon as one of them exits otherwise than 0
     finally:
         for proc in [*procs.values(), broker]:
             if proc.poll() is None:
