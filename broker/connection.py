@@ -29,6 +29,8 @@ from .inbox import Inbox
 from .probe import BrokerProbe
 from .url import BrokerUrl
 
+DROPS_GIVE_UP_S = 5.0  # connections dropped before CONNACK for this long (and the connect timeout not over): give up
+
 log = logging.getLogger(__name__)
 
 QOS = 1
@@ -78,7 +80,8 @@ class Connection:
         self._online = threading.Event()  # set while connected
         self._refusal: str | None = None
         self._answered = threading.Event()  # set by the first CONNACK, accepted or refused
-        self._unanswered_drops = 0  # connections dropped before any CONNACK: twice is an answer too
+        self._unanswered_drops = 0  # connections dropped before any CONNACK: repeated for long, an answer too
+        self._first_drop: float | None = None
         self._suback_topics: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
         self._suback_deadline = 0.0  # monotonic: when the subscriptions of the last (re)connect must be answered by
         self._refused_topics: list[str] = []
@@ -315,8 +318,13 @@ class Connection:
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, properties) -> None:
         self._online.clear()
         if not self._connected.is_set():
+            # Dropped on CONNECT: a TLS listener, a will it will not take, or a broker restarting behind
+            # something that accepts TCP for it (a load balancer). Give up early only once the drops have
+            # gone on for DROPS_GIVE_UP_S: a restarting broker answers within that.
+            now = time.monotonic()
+            self._first_drop = self._first_drop or now
             self._unanswered_drops += 1
-            if self._unanswered_drops >= 2:  # dropped on CONNECT: a TLS listener, or a will it will not take
+            if self._unanswered_drops >= 2 and now - self._first_drop >= DROPS_GIVE_UP_S:
                 self._answered.set()
         if reason_code.value != 0:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)

@@ -137,3 +137,57 @@ def test_simultaneous_uploads_of_many_silos_all_arrive(mosquitto) -> None:
                 assert len(whole) == senders, [g.reason for g in refused]
         finally:
             receiver.close()
+
+
+def test_a_broker_restarting_behind_a_tcp_acceptor_is_waited_for(mosquitto) -> None:
+    """Found by the chaos soak (issue 16): a load balancer (here a proxy) accepts TCP while the broker behind it
+    restarts, and drops each connection. Connect gave up after two drops, in about a second, whatever its
+    timeout; it now waits for the broker within the timeout."""
+    import socket
+    import threading
+
+    from fedmq.broker.url import BrokerUrl
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    up_at = time.monotonic() + 2.5  # the broker behind it is "back" 2.5 s from now
+    stop = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            if time.monotonic() < up_at:
+                client.close()  # the broker is not there yet: dropped before any CONNACK
+                continue
+            upstream = socket.create_connection((mosquitto.url.host, mosquitto.url.port))
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    conn = Connection(BrokerUrl("127.0.0.1", port), "behind-a-proxy", [], max_message_bytes=1 << 20, probe=False)
+    try:
+        conn.connect(timeout=20)
+        assert conn.connected and time.monotonic() >= up_at
+    finally:
+        conn.close()
+        stop.set()
+        server.join(5)
+        listener.close()

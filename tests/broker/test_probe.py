@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from fedmq.broker.auth import AuthDir
-from fedmq.broker.connection import Connection
+from fedmq.broker.connection import DROPS_GIVE_UP_S, Connection
 from fedmq.broker.probe import MAX_TOPIC_BYTES, PROBE_ROOT, QOS
 from fedmq.broker.server import free_port, mosquitto_binary, mosquitto_config, start_mosquitto, wait_for_port
 from fedmq.broker.tls import tls_files
@@ -109,7 +109,9 @@ def test_no_retained_messages_is_a_clear_error_for_the_aggregator_and_the_silo(l
     silo = Connection(url, name="silo", subscriptions=[], max_message_bytes=1 << 20, will=(topics.presence("s0"), offline))
     with pytest.raises(BrokerError, match="refused a retained message"):
         silo.connect(timeout=30)
-    assert time.monotonic() - started < 10, "an answer in seconds, not after the connect timeout"
+    # In seconds, not after the 30 s connect timeout: drops before CONNACK are taken for an answer once they
+    # have gone on for DROPS_GIVE_UP_S (a broker restarting behind a load balancer answers within that).
+    assert time.monotonic() - started < DROPS_GIVE_UP_S + 10, "an answer in seconds, not after the connect timeout"
 
 
 def test_no_qos_1_is_a_clear_error(limited_mosquitto) -> None:
