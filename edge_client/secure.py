@@ -26,7 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..errors import ProtocolError
 from ..schemas import masking as mk
 from ..schemas.secagg import (
+    PLAIN_SHARE_BYTES,
+    SEALED_SHARE_BYTES,
     SECAGG_CODEC,
+    SHARE_SIGNATURE_BYTES,
+    SHARE_VALUE_BYTES,
     SecAggAbort,
     SecAggInbox,
     SecAggKeyList,
@@ -42,10 +46,8 @@ from ..schemas.secagg import (
 
 log = logging.getLogger("fedmq.client")
 
-_Y = 66  # bytes of a share's value (GF(2^521 - 1))
-_SIG = 64
-PLAIN_SHARE_BYTES = 2 + 2 * (_Y + _SIG)
-SEALED_SHARE_BYTES = 12 + PLAIN_SHARE_BYTES + 16  # nonce, plaintext, tag
+_Y = SHARE_VALUE_BYTES
+_SIG = SHARE_SIGNATURE_BYTES
 KEPT_ROUNDS = 2
 
 

@@ -37,6 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 SECAGG_CODEC = "secagg-u32"  # the payload codec of a masked update: little-endian uint32 ring elements, raw
 RING_BITS = 32
 MAX_PARTIES = 1000
+# A sealed share (silo to silo, through the aggregator): a nonce, the plaintext (the sender's index, then
+# for each of its two secrets a 66-byte share value of GF(2^521 - 1) and a 64-byte signature), the AEAD tag.
+SHARE_VALUE_BYTES = 66
+SHARE_SIGNATURE_BYTES = 64
+PLAIN_SHARE_BYTES = 2 + 2 * (SHARE_VALUE_BYTES + SHARE_SIGNATURE_BYTES)
+SEALED_SHARE_BYTES = 12 + PLAIN_SHARE_BYTES + 16
 
 _Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 _Signature = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{86}==$")]

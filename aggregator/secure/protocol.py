@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ...schemas import masking as mk
 from ...schemas.secagg import (
+    SEALED_SHARE_BYTES,
     SecAggInbox,
     SecAggKeyList,
     SecAggKeys,
@@ -35,7 +36,6 @@ from ...schemas.secagg import (
     share_signed_bytes,
 )
 
-SEALED_SHARE_BYTES = 12 + 2 + 2 * (66 + 64) + 16  # edge_client/secure.py's, checked by a test
 STEPS = ("keys", "shares", "upload", "reveal")
 
 

@@ -35,8 +35,13 @@ def test_shamir_threshold() -> None:
         mk.combine({x: shares[x] for x in (1, 2)})
 
 
-def test_the_sealed_share_sizes_agree() -> None:
-    assert SEALED_SHARE_BYTES == silo_side.SEALED_SHARE_BYTES
+def test_a_sealed_share_has_the_size_the_aggregator_checks() -> None:
+    """The size lives in schemas/secagg.py; a silo's sealed share (both secrets' shares at their widest) has it."""
+    from fedmq.schemas.secagg import Share
+
+    widest = Share(x=1000, y=format(2**521 - 2, "x"), signature=silo_side.b64(bytes(64)))
+    sealed = mk.seal(bytes(32), silo_side._pack(widest, widest), b"context")
+    assert len(sealed) == SEALED_SHARE_BYTES
 
 
 def roundtrip(header):
