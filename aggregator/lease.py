@@ -88,7 +88,8 @@ class JobLease:
                 self._held()
                 return
             if again[1] > expires:  # renewed: the holder runs
-                raise LeaseLost(f"job {self.job!r} is run by another aggregator ({again[0]}, which renews its lease)", hint="stop that aggregator first, or give this one another --job")
+                raise LeaseLost(f"job {self.job!r} is run by another aggregator ({again[0]}, which renews its lease)",
+                                hint="stop that aggregator first, or give this one another --job")
         if not stopped():
             raise LeaseLost(f"job {self.job!r} is still held by aggregator {owner}",
                             hint="stop that aggregator first, or give this one another --job")

@@ -47,7 +47,6 @@ import argparse
 import datetime as dt
 import heapq
 import json
-import math
 import os
 import random
 import re
@@ -65,7 +64,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chaos_proxy import ChaosProxy  # noqa: E402
-
 from fedmq.broker.server import free_port, start_mosquitto  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -800,7 +798,8 @@ def check(run: Run, reference: dict[str, Any] | None) -> dict[str, Any]:
     overrun = None if s.mode == "async" or max_open is None else round(max_open - bound, 2)
     result: dict[str, Any] = {
         "rounds_completed": rounds_completed, "rounds_doubled": len(doubled), "updates_double_counted": double,
-        "double_counted_detail": dict(list(refolded.items())[:10]), "sample_sums_mismatched": mismatched, "max_round_open_s": None if max_open is None else round(max_open, 2),
+        "double_counted_detail": dict(list(refolded.items())[:10]), "sample_sums_mismatched": mismatched,
+        "max_round_open_s": None if max_open is None else round(max_open, 2),
         "round_bound_s": bound if s.mode == "sync" else None, "max_round_overrun_s": overrun,
         "job_status": job.status if job else None, "job_reason": (job.spec or {}).get("reason") if job else None,
     }

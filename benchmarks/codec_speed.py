@@ -62,9 +62,9 @@ def main() -> None:
         state = build_state(name)
         raw = sum(t.numel() * t.element_size() for t in state.values())
         for codec in args.codecs:
-            encode_s, payload = timed(lambda: encode_state(state, codec), args.reps)
-            digest_s, value = timed(lambda: digest(payload), args.reps)
-            decode_s, _ = timed(lambda: decode_state(payload, codec, MAX_BYTES), args.reps)
+            encode_s, payload = timed(lambda s=state, c=codec: encode_state(s, c), args.reps)
+            digest_s, value = timed(lambda p=payload: digest(p), args.reps)
+            decode_s, _ = timed(lambda p=payload, c=codec: decode_state(p, c, MAX_BYTES), args.reps)
             emit({"model": name, "codec_tested": codec, "model_mb": round(raw / MB, 3),
                   "wire_ratio": round(len(payload) / raw, 4),
                   "encode_ms": round(encode_s * 1e3, 2), "digest_ms": round(digest_s * 1e3, 2),

@@ -33,7 +33,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_common import emit, log, mosquitto  # noqa: E402
-
 from fedmq.aggregator.config import AggregatorConfig  # noqa: E402
 from fedmq.aggregator.federation import Federation  # noqa: E402
 from fedmq.broker.keys import ensure_keys, private_key_path  # noqa: E402

@@ -6,12 +6,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import ConfigError, StoreError
-from ..store import Store
+from ..store.reader import StoreReader, open_sqlite_reader
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 # The table shows the job's --metric first, then these, then any other metric (up to TABLE_MAX_METRICS);
 # `--json` and `--csv` have every metric the silos reported.
@@ -25,7 +28,7 @@ def print_history(db: str, job: str | None, as_json: bool, round_number: int | N
                   csv_path: Path | None = None, plot_path: Path | None = None) -> None:
     """Print what the options ask for. ``--csv`` and ``--plot`` write every round of the job to
     files instead of printing the rounds table; ``--round`` prints that round in detail."""
-    store = open_existing_store(db)
+    store = open_history(db)
     try:
         if job is None:
             jobs = store.jobs()
@@ -58,7 +61,16 @@ def open_existing_store(db: str) -> Store:
     if db.startswith("sqlite:///") and db != "sqlite:///:memory:":
         if not Path(db.removeprefix("sqlite:///")).exists():
             raise StoreError(f"no store at {db}", hint="run `fedmq aggregator` first, or pass the --db it used")
+    from ..store import Store
+
     return Store(db, create=False)  # a reader: never migrates, says when the store is older than the code
+
+
+def open_history(db: str) -> Store | StoreReader:
+    """What `fedmq history` reads from: a SQLite file at this fedmq's schema through ``sqlite3`` alone
+    (no SQLAlchemy to load, so the command answers in a fraction of the time), anything else through
+    ``open_existing_store``, which says what is wrong with a store older or newer than the code."""
+    return open_sqlite_reader(db) or open_existing_store(db)
 
 
 def _print_jobs(jobs: list[dict[str, Any]], as_json: bool, db: str) -> None:

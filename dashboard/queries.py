@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from ..commands.history import TABLE_METRICS
 from ..store import Store
 from ..store.models import Evaluation, Job, Round, Silo, UpdateRecord
+from ..store.reader import iso_utc
 
 # Metrics drawn as curves, best first; any other metric a round carries follows in name order.
 PRIMARY_METRICS = ("accuracy", "map", "map50")
@@ -61,9 +62,9 @@ def job_detail(store: Store, name: str) -> dict[str, Any]:
         ).all()
         silos = s.scalars(select(Silo).where(Silo.job_id == job.id).order_by(Silo.name)).all()
         spec = dict(job.spec or {})
-        info = {"job": job.name, "status": job.status, "created_at": _iso(job.created_at),
-                "finished_at": _iso(job.finished_at)}
-        stored_silos = [{"silo": r.name, "online": r.online, "last_seen": _iso(r.last_seen)} for r in silos]
+        info = {"job": job.name, "status": job.status, "created_at": iso_utc(job.created_at),
+                "finished_at": iso_utc(job.finished_at)}
+        stored_silos = [{"silo": r.name, "online": r.online, "last_seen": iso_utc(r.last_seen)} for r in silos]
     settings = {k: spec[k] for k in JOB_SETTINGS if k in spec}
     settings["labels"] = len(spec.get("labels") or ())
     return {
@@ -76,7 +77,7 @@ def job_detail(store: Store, name: str) -> dict[str, Any]:
         "rejections": [
             {"round": number, "claimed_round": u.claimed_round, "silo": u.silo, "reason": u.reason or "",
              "late": _is_late(u.reason), "superseded": u.superseded, "bytes": u.bytes,
-             "received_at": _iso(u.received_at)}
+             "received_at": iso_utc(u.received_at)}
             for u, number in updates if not u.accepted
         ],
         "stored_silos": stored_silos,
@@ -189,6 +190,3 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
         return None
     return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
 
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value else None

@@ -27,7 +27,6 @@ from ..errors import ProtocolError
 from ..schemas import masking as mk
 from ..schemas.secagg import (
     PLAIN_SHARE_BYTES,
-    SEALED_SHARE_BYTES,
     SECAGG_CODEC,
     SHARE_SIGNATURE_BYTES,
     SHARE_VALUE_BYTES,

@@ -13,10 +13,7 @@ on a connection to a database at head drafts it). tests/store checks that head m
 
 from __future__ import annotations
 
-import ast
 import logging
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, Connection, create_engine, event, inspect, text
@@ -24,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import StoreError
+from .revisions import MIGRATIONS, VERSION_TABLE, head, revisions
 from .sqlite import apply_pragmas
 
 if TYPE_CHECKING:
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
 # Stores made before migrations (by create_all): these tables, and updates had
 # ASYNC_COLUMNS from async mode on (revision 0002) or not (revision 0001).
 LEGACY_TABLES = frozenset({"jobs", "rounds", "updates", "evaluations", "silos"})
@@ -41,7 +38,6 @@ ASYNC_COLUMNS = frozenset({"base_version", "staleness", "superseded"})
 TASK_COLUMNS = frozenset({"metric", "task_options"})
 LEASE_COLUMNS = frozenset({"lease_owner", "lease_expires"})
 _PG_LOCK_KEY = 0x66656D71_0001  # pg_advisory_xact_lock key: two aggregators starting at once upgrade one after the other
-VERSION_TABLE = "alembic_version"
 UPGRADE_HINT = "run the aggregator once with this --db, or `fedmq db upgrade --db URL`"
 
 
@@ -54,28 +50,6 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if connection is not None:
         config.attributes["connection"] = connection
     return config
-
-
-@lru_cache(maxsize=1)
-def revisions() -> dict[str, str | None]:
-    """Every revision in ``migrations/versions/`` with the one it follows, read from the files' literal
-    ``revision`` and ``down_revision`` without importing them (they import Alembic, which readers do
-    not need). tests/store checks this against Alembic's own reading."""
-    found: dict[str, str | None] = {}
-    for path in sorted((MIGRATIONS / "versions").glob("[0-9]*.py")):
-        names = {target.id: node.value for node in ast.parse(path.read_text(encoding="utf-8")).body
-                 if isinstance(node, ast.Assign | ast.AnnAssign)
-                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                 if isinstance(target, ast.Name)}
-        found[ast.literal_eval(names["revision"])] = ast.literal_eval(names["down_revision"])
-    return found
-
-
-def head() -> str:
-    """The revision this fedmq's models.py corresponds to: the one no other revision follows."""
-    following = set(revisions().values())
-    (newest,) = [revision for revision in revisions() if revision not in following]
-    return newest
 
 
 def current_revision(conn: Connection) -> tuple[str | None, bool]:

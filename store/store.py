@@ -8,20 +8,23 @@ installed works; SQLite and PostgreSQL (psycopg 3) are tested. The tables come f
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import create_engine, event, inspect, or_, select, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreError
 from ..extras import require_extra
 from . import DEFAULT_DB
 from .migrate import check_current, head, upgrade
 from .models import Evaluation, Job, Round, Silo, UpdateRecord, utcnow
+from .reader import StoreReader
 from .sqlite import apply_pragmas
 
 
@@ -98,11 +101,7 @@ def upgrade_store(url: str) -> str:
 
 def _aware(value: datetime | None) -> datetime | None:
     """A stored time as UTC (SQLite gives it back without its zone; it was written in UTC)."""
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class Store:
@@ -232,8 +231,8 @@ class Store:
         aggregated into a completed round, so it is marked superseded (kept, not counted)."""
         row.status, row.started_at, row.aggregated_at, row.finished_at = "open", utcnow(), None, None
         row.num_samples, row.model_digest, row.checkpoint, row.metrics = 0, None, None, {}
-        for update in s.scalars(select(UpdateRecord).where(UpdateRecord.round_id == row.id)):
-            update.superseded = True
+        for record in s.scalars(select(UpdateRecord).where(UpdateRecord.round_id == row.id)):
+            record.superseded = True
         for evaluation in s.scalars(select(Evaluation).where(Evaluation.round_id == row.id)):
             s.delete(evaluation)
 
@@ -293,89 +292,38 @@ class Store:
         with self.session() as s:
             return set(s.scalars(select(Silo.name).where(Silo.job_id == job_id, Silo.online.is_(True))))
 
-    # -- reading, for `fedmq history` ------------------------------------------------------------------
+    # -- reading, for `fedmq history` and the dashboard: the queries are reader.py's ---------------------
+    @contextmanager
+    def _reader(self) -> Iterator[StoreReader]:
+        raw = self.engine.raw_connection()
+        try:
+            yield StoreReader(raw, self.engine.dialect.paramstyle, where=_safe(self.url))
+        finally:
+            raw.close()  # back to the pool, its transaction rolled back
+
     def jobs(self) -> list[dict[str, Any]]:
         if not self._tables_exist():
             return []
-        with self.session() as s:
-            completed = (
-                select(Round.job_id, func.count(Round.id).label("n"))
-                .where(Round.status == "completed").group_by(Round.job_id).subquery()
-            )
-            rows = s.execute(
-                select(Job, completed.c.n).outerjoin(completed, completed.c.job_id == Job.id).order_by(Job.created_at)
-            ).all()
-            return [
-                {"job": job.name, "status": job.status, "task": job.task, "model": job.model, "metric": job.metric,
-                 "task_options": job.task_options or {}, "rounds": job.spec.get("rounds"), "rounds_completed": n or 0,
-                 "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at)}
-                for job, n in rows
-            ]
+        with self._reader() as reader:
+            return reader.jobs()
 
     def job_metric(self, job_name: str) -> str | None:
         """The job's headline metric (``--metric``, or its task's default once it started)."""
-        with self.session() as s:
-            return self._job_named(s, job_name).metric
-
-    def _job_named(self, s: Session, job_name: str) -> Job:
-        job = s.scalar(select(Job).where(Job.name == job_name)) if self._tables_exist() else None
-        if job is None:
-            raise StoreError(f"no job named {job_name!r} in {_safe(self.url)}",
-                             hint="run `fedmq history` without --job to list the jobs, or check --db")
-        return job
+        with self._reader_of(job_name) as reader:
+            return reader.job_metric(job_name)
 
     def history(self, job_name: str) -> list[dict[str, Any]]:
         """One dict per round, in order: the shape of ``fedmq history --json``."""
-        with self.session() as s:
-            job = self._job_named(s, job_name)
-            rounds = s.scalars(
-                select(Round).where(Round.job_id == job.id).order_by(Round.number)
-                .options(selectinload(Round.updates), selectinload(Round.evaluations))
-            ).all()
-            return [_round_dict(r) for r in rounds]
+        with self._reader_of(job_name) as reader:
+            return reader.history(job_name)
 
     def round_detail(self, job_name: str, number: int) -> dict[str, Any]:
-        """One round as in ``history``, plus every update it received, accepted or rejected (with the
-        reason, time and size) and marked superseded where a restart reopened the round."""
-        with self.session() as s:
-            job = self._job_named(s, job_name)
-            row = s.scalar(
-                select(Round).where(Round.job_id == job.id, Round.number == number)
-                .options(selectinload(Round.updates), selectinload(Round.evaluations))
-            )
-            if row is None:
-                known = s.scalars(select(Round.number).where(Round.job_id == job.id).order_by(Round.number)).all()
-                span = f"rounds {known[0]}-{known[-1]}" if known else "no rounds yet"
-                raise StoreError(f"job {job_name!r} has no round {number} ({span})",
-                                 hint="run `fedmq history --job NAME` to list its rounds")
-            detail = _round_dict(row)
-            detail["job"] = job_name
-            detail["aggregated_at"] = _iso(row.aggregated_at)
-            detail["updates"] = [
-                {"silo": u.silo, "accepted": u.accepted, "reason": u.reason, "superseded": u.superseded,
-                 "claimed_round": u.claimed_round, "num_samples": u.num_samples, "train_loss": u.train_loss,
-                 "train_seconds": u.train_seconds, "bytes": u.bytes, "base_version": u.base_version,
-                 "staleness": u.staleness, "received_at": _iso(u.received_at)}
-                for u in row.updates
-            ]
-            return detail
+        """One round as in ``history``, plus every update it received (see ``StoreReader.round_detail``)."""
+        with self._reader_of(job_name) as reader:
+            return reader.round_detail(job_name, number)
 
-
-def _round_dict(r: Round) -> dict[str, Any]:
-    current = [u for u in r.updates if not u.superseded]
-    accepted = [u for u in current if u.accepted]
-    return {
-        "round": r.number,
-        "status": r.status,
-        "clients": sorted({u.silo for u in accepted}),
-        "contributions": [{"silo": u.silo, "num_samples": u.num_samples, "base_version": u.base_version,
-                           "staleness": u.staleness, "train_loss": u.train_loss, "bytes": u.bytes} for u in accepted],
-        "num_samples": r.num_samples,
-        "metrics": dict(r.metrics or {}),
-        "rejected": sum(1 for u in current if not u.accepted),
-        "model_digest": r.model_digest,
-        "checkpoint": r.checkpoint,
-        "evaluations": {e.silo: {"num_samples": e.num_samples, **e.metrics} for e in r.evaluations},
-        "started_at": _iso(r.started_at),
-        "finished_at": _iso(r.finished_at),
-    }
+    def _reader_of(self, job_name: str) -> AbstractContextManager[StoreReader]:
+        if not self._tables_exist():
+            raise StoreError(f"no job named {job_name!r} in {_safe(self.url)}",
+                             hint="run `fedmq history` without --job to list the jobs, or check --db")
+        return self._reader()

@@ -8,7 +8,7 @@ from fedmq.aggregator.buffered import BufferedRounds
 from fedmq.aggregator.config import AggregatorConfig
 from fedmq.aggregator.model import GlobalModel
 from fedmq.broker.url import BrokerUrl
-from fedmq.errors import AlreadyCounted, UpdateRejected
+from fedmq.errors import AlreadyCounted
 from fedmq.schemas import PayloadInfo, Update
 
 DIGEST = "ab" * 32

@@ -26,7 +26,7 @@ from fedmq.broker.server import free_port
 from fedmq.broker.url import BrokerUrl
 from fedmq.edge_client.data.synth_classification import synth_classification
 from fedmq.edge_client.silo import ClientConfig, SiloClient
-from fedmq.errors import BrokerError, RoundFailed
+from fedmq.errors import BrokerError
 from fedmq.schemas import JobSpec, ModelSync, Presence, Topics
 from fedmq.store import Store
 

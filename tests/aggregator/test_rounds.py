@@ -93,12 +93,12 @@ def test_sampling_is_seeded_and_never_below_min_clients(eligible, fraction, min_
 def test_a_repeat_of_a_counted_update_is_a_no_op_in_its_round_and_after_it_closed() -> None:
     """Issue 16: a repeat (a re-send after a reconnect, an answer to a re-ask) is never a rejection,
     whether it comes while its round is open or after the round closed."""
+    import torch
     from fedmq.aggregator.config import AggregatorConfig
     from fedmq.aggregator.model import GlobalModel
     from fedmq.aggregator.sync import SyncRounds
     from fedmq.broker.url import BrokerUrl
     from fedmq.schemas import PayloadInfo, Update
-    import torch
 
     policy = SyncRounds(AggregatorConfig(broker=BrokerUrl("127.0.0.1", 1), rounds=3, round_timeout=60))
     model = GlobalModel.of(0, {"w": torch.zeros(2)}, "shuffle+zstd")

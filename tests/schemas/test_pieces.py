@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import zstandard
+from blake3 import blake3
 from fedmq.schemas.framing import PREFIX_SIZE, Reassembler, encode_chunks, unpack_message
 from fedmq.schemas.messages import PayloadInfo, Update
-from blake3 import blake3
 from fedmq.schemas.pieces import Pieces, digest_of
 from hypothesis import given
 from hypothesis import strategies as st
