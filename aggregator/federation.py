@@ -18,6 +18,7 @@ The aggregator handles named tensors only; it never imports model code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -48,7 +49,7 @@ from .resources import peak_memory_bytes
 from .rounds import sample_silos
 from .secure import SECAGG_MESSAGES, Outcome, check_secure, secure_aggregation
 from .silos import Change, SiloRegistry
-from .strategies import Strategy, make_strategy
+from .strategies import Strategy, StrategyOptions, make_strategy
 from .transport import AggregatorLink
 from .uploads import UploadSlots, slots_for
 
@@ -81,7 +82,7 @@ class Federation:
         self.topics = self.link.topics
         self.record = JobRecord(store)
         check_strategy(config)
-        self.strategy: Strategy = make_strategy(config.strategy)
+        self.strategy: Strategy = make_strategy(_with_spill_dir(config))
         self.policy: RoundPolicy = policy or make_policy(config)
         self.stop = stop if stop is not None else StopFlag()  # (a StopFlag is falsy until set)
         if config.sign and config.keys_dir is None:
@@ -702,6 +703,14 @@ def check_strategy(config: AggregatorConfig) -> None:
                           "or lower --buffer-size")
     if config.mu and options.name != "fedprox":
         raise ConfigError("--mu is FedProx's proximal weight", hint="add --strategy fedprox, or drop --mu")
+
+
+def _with_spill_dir(config: AggregatorConfig) -> StrategyOptions:
+    """The strategy options, with the robust strategies' updates kept beside the job's checkpoints
+    (``--out``: a disk the operator chose, where the system's temp folder may be memory)."""
+    if config.strategy.spill_dir is not None:
+        return config.strategy
+    return dataclasses.replace(config.strategy, spill_dir=str(checkpoint_path(config.out, config.job, 0).parent / "spill"))
 
 
 def _load_public_keys(folder: Path) -> dict[str, Any]:

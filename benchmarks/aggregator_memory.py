@@ -131,7 +131,8 @@ def run_case(n: int, args: argparse.Namespace, work: Path, url: BrokerUrl) -> di
     aggregator = AggregatorProcess(work, url, JOB, [
         "--model", MODEL, "--min-clients", str(n), "--rounds", "1", "--init-weights", str(init),
         "--round-timeout", str(args.round_timeout), "--chunk-size", str(args.chunk_size),
-        "--memory-budget", str(int(args.budget_models * len(payload)))], **aggregator_options(args, work))
+        "--memory-budget", str(int(args.budget_models * len(payload))), "--strategy", args.strategy],
+        **aggregator_options(args, work))
     listener = Listener(url, JOB)
     silos = [PahoSilo(url, JOB, silo_name(i), max_inflight=args.max_inflight) for i in range(n)]
     record: dict[str, Any] = {"clients": n, "model_mb": round(model_mb(state), 2)}
@@ -228,7 +229,7 @@ def outcome(aggregator: AggregatorProcess, record: dict[str, Any], n: int, args:
            "num_samples": first["num_samples"], "updates_accepted": len(first["clients"]), "rejected": first["rejected"],
            "peak_over_baseline_models": round(over, 2), "goal_met": over <= GOAL_MODELS,
            "concurrency": "paced" if args.paced else args.concurrency or n, "round_status": first.get("status"),
-           "chunk_size": args.chunk_size, "strategy": "fedavg", "flow_control": not args.no_grants,
+           "chunk_size": args.chunk_size, "strategy": args.strategy, "flow_control": not args.no_grants,
            "memory_budget_models": args.budget_models, "goal": f"peak <= baseline + {GOAL_MODELS} models"}
     reasons = rejections(aggregator.log_path.read_text(errors="replace"))
     if reasons:
@@ -239,6 +240,8 @@ def outcome(aggregator: AggregatorProcess, record: dict[str, Any], n: int, args:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", nargs="+", type=int, default=[10, 50, 100])
+    parser.add_argument("--strategy", default="fedavg",
+                        help="median, trimmed-mean, krum: every update kept for the round, on disk under --out")
     parser.add_argument("--concurrency", type=int, default=0, help="silos uploading at a time (default: all)")
     parser.add_argument("--paced", action="store_true",
                         help="one upload at a time, each once the aggregator counted the previous: no backlog")

@@ -83,21 +83,33 @@ class Build(Protocol):
 
 
 class KeepAll:
-    """Base of the robust combiners: they need every delta at once, so memory grows with the number of updates."""
+    """Base of the robust combiners: they need every delta at once. The deltas wait on disk
+    (``SpilledDeltas``), so memory stays one delta and a block whatever the number of updates."""
 
     streaming = False
 
-    def __init__(self) -> None:
-        self.deltas: list[StateDict] = []
+    def __init__(self, spill_dir: str | None = None) -> None:
+        from .spill import SpilledDeltas  # numpy and torch: not loaded by a plug-in that imports only the interfaces
+
+        self.deltas = SpilledDeltas(spill_dir)
         self.silos: list[str] = []
 
     def begin(self) -> None:
-        self.deltas = []
+        self.deltas.clear()
         self.silos = []
 
     def add(self, delta: StateDict, weight: float, silo: str) -> None:
-        self.deltas.append(delta)
+        self.deltas.add(delta)
         self.silos.append(silo or f"update {len(self.silos) + 1}")
+
+    def combine(self) -> StateDict:
+        try:
+            return self.combine_spilled()
+        finally:
+            self.deltas.clear()  # the round's result is made: its deltas' files go
+
+    def combine_spilled(self) -> StateDict:
+        raise NotImplementedError
 
     def report(self) -> Report:
         return {}

@@ -9,6 +9,7 @@ import torch
 from ...schemas.codec import StateDict
 from .base import KeepAll, Parts, Report
 from .options import StrategyOptions
+from .spill import SpilledDeltas
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -18,13 +19,15 @@ def largest_f(n: int) -> int:
     return max(0, (n - 3) // 2)
 
 
-def pairwise_sq_distances(deltas: list[StateDict]) -> torch.Tensor:
-    """The n x n matrix of squared L2 distances between the deltas taken as whole vectors, in float64."""
+def pairwise_sq_distances(deltas: SpilledDeltas) -> torch.Tensor:
+    """The n x n matrix of squared L2 distances between the deltas taken as whole vectors, in float64,
+    summed over blocks of coordinates."""
     n = len(deltas)
     out = torch.zeros(n, n, dtype=torch.float64)
-    for name in deltas[0]:
-        rows = torch.stack([d[name].reshape(-1) for d in deltas]).double()
-        out += torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist").square()
+    for name in deltas.names:
+        for _, block in deltas.blocks(name):
+            rows = block.double()
+            out += torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist").square()
     return out
 
 
@@ -40,7 +43,7 @@ def krum_scores(distances: torch.Tensor, f: int) -> torch.Tensor:
 
 class Krum(KeepAll):
     """Krum: the delta with the lowest score; Multi-Krum (``multi=True``): the unweighted mean of the ``m``
-    lowest-scoring deltas, ``m`` defaulting to n - f. Keeps every delta (not streaming).
+    lowest-scoring deltas, ``m`` defaulting to n - f. Keeps every delta (not streaming), on disk (spill.py).
 
     Krum's guarantee needs n > 2f + 2 updates. ``f=None`` takes the largest f that holds for the
     round's n, floor((n - 3) / 2). A given ``f`` too large for a round's n (a round that closed with
@@ -48,8 +51,9 @@ class Krum(KeepAll):
     Sample weights are ignored: they are what a silo claims.
     """
 
-    def __init__(self, f: int | None = None, *, multi: bool = False, m: int | None = None) -> None:
-        super().__init__()
+    def __init__(self, f: int | None = None, *, multi: bool = False, m: int | None = None,
+                 spill_dir: str | None = None) -> None:
+        super().__init__(spill_dir)
         if f is not None and f < 0:
             raise ValueError("f must be at least 0")
         if m is not None and (m < 1 or not multi):
@@ -60,7 +64,7 @@ class Krum(KeepAll):
         self.m = m
         self._report: Report = {}
 
-    def combine(self) -> StateDict:
+    def combine_spilled(self) -> StateDict:
         n = len(self.deltas)
         if n == 0:
             raise RuntimeError("no update was added")
@@ -72,8 +76,14 @@ class Krum(KeepAll):
         chosen = krum_scores(pairwise_sq_distances(self.deltas), f).argsort(stable=True)[:min(count, n)].tolist()
         self._report = {"krum_f": f, "selected": [self.silos[i] for i in chosen]}
         if len(chosen) == 1:
-            return self.deltas[chosen[0]]
-        return {name: torch.stack([self.deltas[i][name] for i in chosen]).mean(dim=0) for name in self.deltas[0]}
+            return {name: self.deltas.row(name, chosen[0]) for name in self.deltas.names}
+        out: StateDict = {}
+        for name in self.deltas.names:
+            flat = torch.empty(self.deltas.shape(name).numel(), dtype=self.deltas.dtype(name))
+            for columns, block in self.deltas.blocks(name):
+                flat[columns] = block[chosen].mean(dim=0)
+            out[name] = flat.reshape(self.deltas.shape(name))
+        return out
 
     def report(self) -> Report:
         return self._report
@@ -81,9 +91,9 @@ class Krum(KeepAll):
 
 def krum(options: StrategyOptions) -> Parts:
     """``krum`` (registered in pyproject.toml), with ``--krum-f``."""
-    return Parts(Krum(options.krum_f))
+    return Parts(Krum(options.krum_f, spill_dir=options.spill_dir))
 
 
 def multi_krum(options: StrategyOptions) -> Parts:
     """``multi-krum``, with ``--krum-f`` and ``--krum-m``."""
-    return Parts(Krum(options.krum_f, multi=True, m=options.krum_m))
+    return Parts(Krum(options.krum_f, multi=True, m=options.krum_m, spill_dir=options.spill_dir))

@@ -57,6 +57,8 @@ class StrategyOptions:
     dp_clip, dp_noise: DP-FedAvg's clip norm C and noise multiplier z, given together; with fedavg, fedprox or
         an adaptive optimiser. dp_delta: the delta epsilon is reported at (default 1e-5).
     seed: seeds the DP noise, for reproducible tests only: noise from a seed the silos know can be removed.
+    spill_dir: where median, trimmed-mean and krum keep a round's updates on disk (spill.py); None: the
+        system's temp folder. The aggregator passes ``<--out>/<job>/spill``.
     """
 
     name: str = "fedavg"
@@ -72,6 +74,7 @@ class StrategyOptions:
     dp_noise: float | None = None
     dp_delta: float | None = None
     seed: int | None = None
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)

@@ -87,3 +87,8 @@ def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path,
         assert all("clipped" in r["metrics"] for r in rounds)
     log = (tmp_path / "aggregator.log").read_text()
     assert f"{strategy} " in log, "the aggregator ran the strategy asked for"
+    spill = tmp_path / "out" / job / "spill"
+    if strategy in ("median", "trimmed-mean", "krum", "multi-krum"):  # each round's updates waited there, then went
+        assert spill.is_dir() and list(spill.iterdir()) == []
+    else:
+        assert not spill.exists()

@@ -1,0 +1,115 @@
+"""Where the robust combiners keep a round's deltas: on disk, one file per tensor, read back in blocks.
+
+Median, trimmed mean and Krum need every delta of a round at once. Held in memory that is N models
+(the aggregator of a 50-silo consortium would hold 50). Here each delta is written out as it arrives,
+its tensors appended to one file per tensor name, so that a tensor's N rows lie side by side; the
+combiners then read a block of columns of all N rows at a time through ``numpy.memmap``. The
+aggregator's memory stays about one delta plus one block (``BLOCK_BYTES``) whatever N.
+
+Disk: N x the model in the accumulator dtypes (float32; float64 for float64 tensors), in a folder of
+its own under ``root`` that is removed when the round's result is made, at the next round's start,
+and when the aggregator starts again after a crash (``clear``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...schemas.codec import StateDict
+
+log = logging.getLogger("fedmq.aggregator")
+
+BLOCK_BYTES = 64 * 2**20  # of all N rows together: what one step of a combiner holds in memory
+PREFIX = "round-"
+
+
+class SpilledDeltas:
+    """A round's deltas on disk. ``add`` them, then read ``blocks`` (or a ``row``) of each tensor name."""
+
+    def __init__(self, root: Path | str | None = None, block_bytes: int = BLOCK_BYTES) -> None:
+        self.root = Path(root) if root is not None else None
+        self.block_bytes = block_bytes
+        self._dir: Path | None = None
+        self._layout: dict[str, tuple[torch.Size, torch.dtype, int]] = {}  # name -> shape, dtype, file number
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._layout)
+
+    def shape(self, name: str) -> torch.Size:
+        return self._layout[name][0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._layout[name][1]
+
+    def add(self, delta: StateDict) -> None:
+        """Append one delta. Every delta of a round must have the first one's tensors (names, shapes, dtypes)."""
+        if self._dir is None:
+            self._open()
+        if not self._layout:
+            self._layout = {name: (t.shape, t.dtype, i) for i, (name, t) in enumerate(delta.items())}
+        if delta.keys() != self._layout.keys():
+            raise ValueError("a delta with other tensors than the round's first")
+        for name, tensor in delta.items():
+            shape, dtype, number = self._layout[name]
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise ValueError(f"tensor {name}: {tuple(tensor.shape)} {tensor.dtype}, not the round's "
+                                 f"{tuple(shape)} {dtype}")
+            with open(self._file(number), "ab") as f:
+                f.write(memoryview(tensor.detach().contiguous().numpy()).cast("B"))
+        self.count += 1
+
+    def blocks(self, name: str) -> Iterator[tuple[slice, torch.Tensor]]:
+        """The tensor's N rows, a block of columns at a time: (columns, an N x columns tensor in memory)."""
+        rows = self._rows(name)
+        numel = rows.shape[1]
+        width = max(1, self.block_bytes // max(1, self.count * rows.itemsize))
+        for start in range(0, numel, width):
+            columns = slice(start, min(numel, start + width))
+            yield columns, torch.from_numpy(np.array(rows[:, columns]))
+
+    def row(self, name: str, index: int) -> torch.Tensor:
+        """Delta ``index``'s tensor ``name``, in its shape (a copy in memory)."""
+        return torch.from_numpy(np.array(self._rows(name)[index])).reshape(self.shape(name))
+
+    def clear(self) -> None:
+        """Forget the round's deltas and remove their files (a crashed run's too, the first time)."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        elif self.root is not None and self.root.is_dir():
+            for stale in self.root.glob(PREFIX + "*"):
+                log.info("removing %s, the spilled updates of a round an earlier run did not finish", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        self._dir = None
+        self._layout = {}
+        self.count = 0
+
+    def _open(self) -> None:
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix=PREFIX, dir=self.root))
+
+    def _file(self, number: int) -> Path:
+        assert self._dir is not None
+        return self._dir / f"{number}.bin"
+
+    def _rows(self, name: str) -> np.memmap:
+        if not self.count:
+            raise RuntimeError("no update was added")
+        shape, dtype, number = self._layout[name]
+        numel = shape.numel()
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        if numel == 0:
+            return np.zeros((self.count, 0), dtype=np_dtype)  # type: ignore[return-value]
+        return np.memmap(self._file(number), dtype=np_dtype, mode="r", shape=(self.count, numel))
