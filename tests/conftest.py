@@ -17,6 +17,11 @@ import pytest
 from fedmq.broker.server import free_port, mosquitto_binary, start_mosquitto
 from fedmq.broker.url import BrokerUrl
 
+# tests/forked_cli.py by a plain name, for this module and for the fork server it starts (which imports it)
+sys.path.insert(0, str(Path(__file__).parent))
+import forked_cli  # noqa: E402
+from forked_cli import FedmqProcess  # noqa: E402
+
 HOST = "127.0.0.1"
 # Torch in the test processes (jobs in threads) takes one core per process, as the fedmq children do
 # (fedmq_env): `-n auto` already runs one test process per core.
@@ -124,20 +129,18 @@ def fedmq_env() -> dict[str, str]:
 
 
 def run_fedmq(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real `fedmq` command line in a child process."""
-    return subprocess.run([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=fedmq_env())
+    """Run the real `fedmq` command line in a child process (forked: tests/forked_cli.py)."""
+    return forked_cli.run(list(args), cwd=cwd, env=fedmq_env(), timeout=timeout)
 
 
-def start_fedmq(*args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``env`` adds to the environment (say, FEDMQ_BROKER with a password that must not be in the arguments).
-    The child writes to ``log``; this process closes its own handle of it at once."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, env={**fedmq_env(), **(env or {})})
+def start_fedmq(*args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> FedmqProcess:
+    """A `fedmq ARGS` process, forked from one that has imported torch already (tests/forked_cli.py).
+    ``env`` adds to the environment (say, FEDMQ_BROKER with a password that must not be in the arguments).
+    The child writes to ``log``."""
+    return forked_cli.start(list(args), log=log, cwd=cwd, env={**fedmq_env(), **(env or {})})
 
 
-def stop_processes(procs: Iterable[subprocess.Popen]) -> None:
+def stop_processes(procs: Iterable[FedmqProcess]) -> None:
     """Kill what is still running and reap every process (no zombie, no ResourceWarning)."""
     for proc in procs:
         if proc.poll() is None:
@@ -149,7 +152,7 @@ def stop_processes(procs: Iterable[subprocess.Popen]) -> None:
             pass  # in uninterruptible sleep: nothing more to do from here
 
 
-def wait_for_fedmq(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
+def wait_for_fedmq(procs: dict[str, FedmqProcess], logs: Path, timeout: float) -> None:
     """Wait for every process started with ``log=logs / f"{name}.log"`` to exit 0; fail with its log's tail
     (and kill them all) as soon as one exits otherwise, or when they are not done within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -178,9 +181,9 @@ class FedmqCli:
     wait_all = staticmethod(wait_for_fedmq)
 
     def __init__(self) -> None:
-        self.started: list[subprocess.Popen] = []
+        self.started: list[FedmqProcess] = []
 
-    def start(self, *args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, *args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> FedmqProcess:
         self.started.append(start_fedmq(*args, log=log, cwd=cwd, env=env))
         return self.started[-1]
 
