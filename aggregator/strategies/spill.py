@@ -28,7 +28,7 @@ from ...schemas.codec import StateDict
 
 log = logging.getLogger("fedmq.aggregator")
 
-BLOCK_BYTES = 64 * 2**20  # of all N rows together: what one step of a combiner holds in memory
+BLOCK_BYTES = 16 * 2**20  # of all N rows together; sorting one takes 4 times that (values, int64 indices)
 PREFIX = "round-"
 
 
