@@ -23,9 +23,10 @@ JOB_TIMEOUT_S = 180.0
 CASES = {
     "fedavg": [],
     "fedprox": ["--mu", "0.05"],
-    "fedadam": ["--server-lr", "0.01"],
-    "fedyogi": [],
-    "fedadagrad": [],
+    # the server optimisers' default step (0.01) moves 3 rounds too little to tell from chance on a loaded machine
+    "fedadam": ["--server-lr", "0.03"],
+    "fedyogi": ["--server-lr", "0.03"],
+    "fedadagrad": ["--server-lr", "0.03"],
     "median": [],
     "trimmed-mean": ["--trim", "0.2"],
     "krum": ["--krum-f", "0"],
@@ -74,11 +75,11 @@ def test_each_strategy_runs_three_rounds_with_three_silos(case: str, data: Path,
     for r in rounds:
         assert r["status"] == "completed" and r["clients"] == ["s0", "s1", "s2"] and r["rejected"] == 0, r
     # It learned: 4 classes (chance 0.25); a model that aggregation left as it was stays near chance, its
-    # loss where it was. On this fixed-seed data the plain and robust strategies end at 0.7-1.0. The
-    # server optimisers (server lr 0.01) move slowest: 0.42 to 0.75 after 3 rounds from one run to the
-    # next (thread timing changes the order updates are summed in), so for them the falling loss decides.
+    # loss where it was. On this fixed-seed data the plain and robust strategies end at 0.7-1.0, the server
+    # optimisers (server lr 0.03) at 0.7-0.98; at their default 0.01 they ended anywhere from 0.25 to 0.75,
+    # as thread timing changes the order updates are summed in.
     first, last = rounds[0]["metrics"], rounds[-1]["metrics"]
-    floor = 0.35 if strategy in ("fedadam", "fedyogi", "fedadagrad") else 0.6
+    floor = 0.5 if strategy in ("fedadam", "fedyogi", "fedadagrad") else 0.6
     assert last["accuracy"] >= floor and last["loss"] < first["loss"], [r["metrics"] for r in rounds]
     if case == "dp-fedavg":
         epsilons = [r["metrics"]["dp_epsilon"] for r in rounds]
