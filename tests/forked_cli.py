@@ -62,6 +62,8 @@ def _run_cli(args: list[str], cwd: str | None, env: dict[str, str], log: str, er
     if cwd is not None:
         os.chdir(cwd)
     sys.path[0] = os.getcwd()  # as `python -m` puts it
+    # PYTHONPATH's folders come next, as a fresh interpreter puts them (a test's own packages)
+    sys.path[1:1] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     for folder in site.getsitepackages():  # packages a test installed after the server started (.pth files)
         site.addsitedir(folder)
     importlib.invalidate_caches()
@@ -116,21 +118,13 @@ class FedmqProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def start(args: list[str], *, log: Path, cwd: Path | None, env: dict[str, str]) -> FedmqProcess | subprocess.Popen:
-    """A `fedmq ARGS` process writing to ``log``: forked, unless ``env`` puts something on PYTHONPATH
-    (a fresh interpreter reads that at its start; a fork would not)."""
-    if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
-        with open(log, "wb") as out:
-            return subprocess.Popen([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env)
+def start(args: list[str], *, log: Path, cwd: Path | None, env: dict[str, str]) -> FedmqProcess:
+    """A `fedmq ARGS` process writing to ``log``."""
     return FedmqProcess(args, cwd, env, log)
 
 
 def run(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`fedmq ARGS` to its end, as ``subprocess.run(..., capture_output=True, text=True, timeout=...)`` answers."""
-    if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
-        return subprocess.run([sys.executable, "-m", "fedmq.cli", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, env=env)
     with tempfile.TemporaryDirectory(prefix="fedmq-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
         process = FedmqProcess(args, cwd, env, out, err)
