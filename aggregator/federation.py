@@ -721,6 +721,8 @@ def _load_public_keys(folder: Path) -> dict[str, Any]:
 
 def run_aggregator(config: AggregatorConfig, stop: StopFlag | None = None) -> int:
     """Run the job ``config`` describes to its end; the process exit code (130: stopped by ``stop``)."""
+    check_strategy(config)  # options that cannot work are refused before a store is made or a broker reached
+    check_secure(config)
     store = Store(config.db)
     try:
         return Federation(config, store, stop=stop).run()

@@ -22,7 +22,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmq.aggregator.config import AggregatorConfig
-from fedmq.aggregator.federation import Federation
+from fedmq.aggregator.federation import Federation, run_aggregator
 from fedmq.aggregator.strategies import StrategyOptions
 from fedmq.commands.history import render_rounds
 from fedmq.edge_client.data.synth_classification import synth_classification
@@ -274,8 +274,11 @@ def test_combinations_that_cannot_work_are_refused_at_start(tmp_path: Path, chan
     from fedmq.broker.url import parse_broker_url
 
     options["broker"] = parse_broker_url(options["broker"])
+    with pytest.raises(ConfigError, match=needle.replace("-", r"\-")):
+        run_aggregator(AggregatorConfig(**options))
+    assert not (tmp_path / "f.db").exists(), "refused before the store was made"
     store = Store(options["db"])
-    try:
+    try:  # a program that builds the Federation itself is refused all the same
         with pytest.raises(ConfigError, match=needle.replace("-", r"\-")):
             Federation(AggregatorConfig(**options), store)
     finally:
