@@ -156,7 +156,12 @@ class Connection:
 
     def close(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        try:
+            self._client.loop_stop()
+        except AttributeError:
+            # paho-mqtt issue 872 (open): the network thread, ending after the disconnect, clears its handle
+            # between loop_stop's check and its join. It is past its loop by then: nothing is left to stop.
+            pass
 
     @property
     def connected(self) -> bool:
