@@ -6,6 +6,7 @@ import torch
 
 from ..errors import UpdateRejected
 from ..schemas.codec import StateDict
+from ..schemas.limits import payload_limit
 
 
 def check_tensors(state: StateDict, reference: StateDict) -> None:
@@ -46,10 +47,8 @@ def check_claimed_samples(silo: str, claimed: int, declared: int | None) -> None
 
 
 def update_size_limit(state: StateDict) -> int:
-    """The most bytes an update of this model may take on the wire or once decompressed:
-    its raw tensors, plus room for the container's header and a tiny compression overhead."""
-    raw = sum(t.numel() * t.element_size() for t in state.values())
-    return int(raw * 1.05) + 64 * len(state) + (1 << 20)
+    """The most bytes an update of this model may take on the wire or once decompressed (``payload_limit``)."""
+    return payload_limit(sum(t.numel() * t.element_size() for t in state.values()), len(state))
 
 
 def _few(names: set[str], limit: int = 3) -> str:

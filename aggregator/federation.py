@@ -30,8 +30,8 @@ from ..errors import AlreadyCounted, BrokerError, ConfigError, ProtocolError, Ro
 from ..schemas import Envelope, JobSpec, Presence, Received, TestResult, Update
 from ..schemas.catalog import check_model
 from ..schemas.codec import StateDict, decode_state
-from ..schemas.fingerprint import fingerprint_of
-from ..schemas.limits import MAX_SILOS_LISTED
+from ..schemas.fingerprint import fingerprint_of, raw_bytes
+from ..schemas.limits import MAX_SILOS_LISTED, payload_limit
 from ..schemas.messages import RoundStatus, TaskFailure, UploadRequest
 from ..schemas.signing import verify
 from ..stopping import EXIT_STOPPED, StopFlag
@@ -498,6 +498,10 @@ class Federation:
             return
         self.init_silo = candidates[0]
         self.init_deadline = now + INIT_TIMEOUT_S
+        agreed = self.registry.agreed_fingerprint()
+        if agreed is not None:  # the weights asked for are as large as the model every silo built, whatever that is
+            self.max_update_bytes = max(self.cfg.max_update_bytes, payload_limit(raw_bytes(agreed), len(agreed)))
+            self._fit_receive_limits()
         log.info("asking silo %s for the initial weights of %s (seed %d)", self.init_silo, self.spec.model, self.spec.seed)
         self.link.ask_initial(self.init_silo)
 
@@ -512,8 +516,9 @@ class Federation:
             for silo in self.registry.set_model(fingerprint_of(model.state)):
                 self._refused(silo)
         if self.global_model is None:
-            # No honest update can be larger than the model it updates: cap what a silo may make us buffer.
-            self.max_update_bytes = min(self.cfg.max_update_bytes, update_size_limit(model.state))
+            # No honest update can be larger than the model it updates: cap what a silo may make us buffer,
+            # and no fixed cap stands in the way of a large model.
+            self.max_update_bytes = update_size_limit(model.state)
             self._fit_receive_limits()
             self._size_upload_slots(len(model.payload))
         self.global_model = model

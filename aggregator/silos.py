@@ -158,6 +158,13 @@ class SiloRegistry:
         most = max(counts.values())
         return [s for s in built if counts[key[s]] == most]
 
+    def agreed_fingerprint(self) -> list[TensorInfo] | None:
+        """The model every eligible silo that announced one built, if they all built the same; else None.
+        What the initial weights may be sized by: one hostile silo cannot announce a huge model for them."""
+        built = [self.silos[s].fingerprint for s in self.eligible() if self.silos[s].fingerprint is not None]
+        keys = {tuple((t.name, tuple(t.shape), t.dtype) for t in f) for f in built}
+        return built[0] if len(keys) == 1 else None
+
     def _refuse(self, silo: str) -> bool:
         """Refuse ``silo`` if the model it built differs from the job's; True if it is refused now."""
         state = self.silos[silo]

@@ -34,6 +34,7 @@ from ..schemas import (
 from ..schemas.codec import AUTO, Base, StateDict, decode_state, encode_state, lossless_codec, update_seed
 from ..schemas.codecs.auto import AutoCodec
 from ..schemas.fingerprint import fingerprint_of
+from ..schemas.limits import payload_limit
 from ..schemas.messages import InitRequest, TaskFailure, UploadGrant, UploadRequest
 from ..schemas.secagg import SECAGG_MESSAGES
 from ..schemas.signing import Signed, sign
@@ -76,6 +77,7 @@ class RunState:
 class SiloClient:
     def __init__(self, config: ClientConfig, connection: Connection | None = None, *, stop: StopFlag | None = None) -> None:
         self.cfg = config
+        self.max_model_bytes = config.max_model_bytes  # raised to fit the model once it is built
         # Set (by a signal): finish the step in hand, or the batch, and leave. (A StopFlag is falsy until set.)
         self.stop = stop if stop is not None else StopFlag()
         self.topics = Topics(config.job)
@@ -244,6 +246,7 @@ class SiloClient:
                                 hint="the job's labels were fixed by the silos present at its start; "
                                      "remove those classes or start a new job")
             self._build(self.run_state)
+            self._fit_model_limit(self.run_state.model)
             if self.conn.connected:
                 self._announce()  # now with the model's fingerprint, which the aggregator checks
         self.joined.add(spec.run_id)
@@ -268,6 +271,15 @@ class SiloClient:
             cause = exc.__cause__
             raise cause if isinstance(cause, FedmqError) else exc from None
 
+    def _fit_model_limit(self, model: nn.Module) -> None:
+        """The global models this silo receives are the size of the one it built: take them whatever that
+        size, beyond the cap that holds until the model is built (``DEFAULT_MAX_PAYLOAD_BYTES``, 1 GiB)."""
+        own = model.state_dict()
+        fitted = payload_limit(sum(t.numel() * t.element_size() for t in own.values()), len(own))
+        if fitted > self.max_model_bytes:
+            self.max_model_bytes = fitted
+            self.conn.limit_message_bytes(fitted)
+
     def _report_failure(self, state: RunState, round_number: int, phase: str, exc: FedmqError) -> None:
         """Tell the aggregator the task failed, in one line; it records the rejection and goes on without us."""
         log.error("round %d: %s failed: %s%s", round_number, phase, exc.message, f" ({exc.hint})" if exc.hint else "")
@@ -289,7 +301,7 @@ class SiloClient:
     def _on_model(self, state: RunState, sync: ModelSync, payload: Received) -> None:
         digest = sync.payload.digest
         if digest not in state.models:
-            weights = decode_state(payload, sync.payload.codec, self.cfg.max_model_bytes)
+            weights = decode_state(payload, sync.payload.codec, self.max_model_bytes)
             state.models = {digest: (sync.version, weights)}  # keep only the newest global model
             # test requests of older models can no longer be answered: the aggregator goes on without them
             state.pending_tests = {d: r for d, r in state.pending_tests.items() if r >= sync.version}

@@ -7,6 +7,7 @@ tensor that does. Works on anything with ``.shape`` and ``.dtype`` (torch tensor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,16 @@ def fingerprint_of(state: Mapping[str, Any]) -> list[TensorInfo]:
     """The fingerprint of a state dict, in its order."""
     return [TensorInfo(name=name, shape=[int(n) for n in tensor.shape], dtype=dtype_name(tensor.dtype))
             for name, tensor in state.items()]
+
+
+# bytes per value by dtype name; a name not listed counts as the widest (16: complex128), so a bound holds
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+            "uint8": 1, "bool": 1, "complex64": 8}
+
+
+def raw_bytes(fingerprint: Sequence[TensorInfo]) -> int:
+    """The bytes of the model a fingerprint describes, its values raw."""
+    return sum(math.prod(t.shape) * ITEMSIZE.get(t.dtype, 16) for t in fingerprint)
 
 
 def dtype_name(dtype: Any) -> str:
