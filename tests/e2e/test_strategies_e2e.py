@@ -10,6 +10,7 @@ and three processes per case would import torch 33 times more for nothing this t
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,11 +80,10 @@ def test_each_strategy_runs_four_rounds_with_three_silos(case: str, data: Path, 
     # once went from 0.8 to 0.45, fedavg to 0.5 with its loss blown up), so the best round decides: every
     # strategy reaches 0.75-1.0 in some round (server optimisers at server lr 0.03; at their default 0.01,
     # fedadagrad once stayed at chance).
-    first = rounds[0]["metrics"]
     best = max(r["metrics"]["accuracy"] for r in rounds)
-    lowest = min(r["metrics"]["loss"] for r in rounds[1:])
+    lowest = min(r["metrics"]["loss"] for r in rounds)
     floor = 0.5 if strategy in ("fedadam", "fedyogi", "fedadagrad") else 0.6
-    assert best >= floor and lowest < first["loss"], [r["metrics"] for r in rounds]
+    assert best >= floor and lowest < math.log(4) - 0.1, [r["metrics"] for r in rounds]  # ln 4: chance's loss
     if case == "dp-fedavg":
         epsilons = [r["metrics"]["dp_epsilon"] for r in rounds]
         assert 0 < epsilons[0] and all(a < b for a, b in zip(epsilons, epsilons[1:])), "the privacy spent grows every round"
