@@ -8,6 +8,7 @@ and only the honest updates (and the hostile silo's one good update per round) m
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -168,11 +169,13 @@ def test_a_hostile_member_cannot_crash_poison_or_impersonate(mosquitto, tmp_path
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert all(r["clients"] == ["s0", "s1", EVIL] for r in rows), "EVIL's good updates count, and only those"
     assert all(r["num_samples"] == 160 + 160 + 10 for r in rows)
-    # Nothing poisoned the model and the honest updates were used: it learned. 4 classes (chance 0.25);
-    # on this fixed-seed data round 2 is at about 0.9-1.0. A model that aggregation left as it was stays
-    # near chance, its loss where it was.
+    # Nothing poisoned the model and the honest updates were used: it learned. 4 classes (chance 0.25, loss
+    # ln 4); on this fixed-seed data round 2 is usually at 0.9-1.0, once (a fresh-clone CI run) at 0.5 with
+    # its loss down from 1.37 to 0.90. A model that aggregation left as it was stays near chance, its loss
+    # where it was; a poisoned one has no finite loss.
     first, last = rows[0]["metrics"], rows[-1]["metrics"]
-    assert last["accuracy"] >= 0.6 and last["loss"] < first["loss"], [r["metrics"] for r in rows]
+    assert last["loss"] < first["loss"] and (last["accuracy"] >= 0.6 or last["loss"] < math.log(4) - 0.3), \
+        [r["metrics"] for r in rows]
     rejected = _rejections(store)
     round_1 = [
         "incomplete message: ", "fedmq magic", "10737418", "sha256 does not match", "NaN", "shape",
