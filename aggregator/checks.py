@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UpdateRejected
-from ..schemas.codec import StateDict
+from ..schemas.codec import StateDict, raw_size
 from ..schemas.limits import payload_limit
 
 
@@ -48,7 +48,7 @@ def check_claimed_samples(silo: str, claimed: int, declared: int | None) -> None
 
 def update_size_limit(state: StateDict) -> int:
     """The most bytes an update of this model may take on the wire or once decompressed (``payload_limit``)."""
-    return payload_limit(sum(t.numel() * t.element_size() for t in state.values()), len(state))
+    return payload_limit(raw_size(state), len(state))
 
 
 def _few(names: set[str], limit: int = 3) -> str:

@@ -31,7 +31,7 @@ from ..schemas import (
     Topics,
     Update,
 )
-from ..schemas.codec import AUTO, Base, StateDict, decode_state, encode_state, lossless_codec, update_seed
+from ..schemas.codec import AUTO, Base, StateDict, decode_state, encode_state, lossless_codec, raw_size, update_seed
 from ..schemas.codecs.auto import AutoCodec
 from ..schemas.fingerprint import fingerprint_of
 from ..schemas.limits import payload_limit
@@ -275,7 +275,7 @@ class SiloClient:
         """The global models this silo receives are the size of the one it built: take them whatever that
         size, beyond the cap that holds until the model is built (``DEFAULT_MAX_PAYLOAD_BYTES``, 1 GiB)."""
         own = model.state_dict()
-        fitted = payload_limit(sum(t.numel() * t.element_size() for t in own.values()), len(own))
+        fitted = payload_limit(raw_size(own), len(own))
         if fitted > self.max_model_bytes:
             self.max_model_bytes = fitted
             self.conn.limit_message_bytes(fitted)
